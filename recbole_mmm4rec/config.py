@@ -1,0 +1,93 @@
+"""PluginConfig: RecBole's Config that knows plugin models and never reads ``sys.argv``."""
+from __future__ import annotations
+
+import os
+from logging import getLogger
+from typing import Sequence
+
+from recbole.config import Config
+from recbole.utils import ModelType
+
+from recbole_mmm4rec import registry
+
+
+class PluginConfig(Config):
+    """RecBole's :class:`~recbole.config.Config` with three differences.
+
+    * ``model`` may name a plugin model (see :mod:`recbole_mmm4rec.registry`); its default YAML
+      is layered where RecBole layers ``properties/model/<Model>.yaml``.
+    * ``--key=value`` overrides come from ``cmd_args`` (the CLI passes its arguments); a library
+      call never reads the caller's ``sys.argv``.
+    * This package's ``properties/overall.yaml`` (multimodal keys) and
+      ``properties/dataset/<dataset>.yaml`` are layered too, and a sequential model with CE loss
+      defaults to ``train_neg_sample_args: ~`` (RecBole 1.2.1 otherwise refuses to start).
+
+    Precedence is RecBole's: command line > config dict > config files > internal defaults.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        dataset: str | None = None,
+        config_file_list: Sequence[str] | None = None,
+        config_dict: dict | None = None,
+        cmd_args: Sequence[str] = (),
+    ):
+        self.cmd_args = list(cmd_args)
+        super().__init__(
+            model=model,
+            dataset=dataset,
+            config_file_list=list(config_file_list) if config_file_list else None,
+            config_dict=dict(config_dict) if config_dict else None,
+        )
+
+    def _load_cmd_line(self):
+        cmd_config_dict = {}
+        unrecognized = []
+        for arg in self.cmd_args:
+            if not arg.startswith("--") or "=" not in arg:
+                unrecognized.append(arg)
+                continue
+            name, value = arg[2:].split("=", 1)
+            if name in cmd_config_dict and cmd_config_dict[name] != value:
+                raise ValueError(f"command line sets --{name} twice, to different values")
+            cmd_config_dict[name] = value
+        if unrecognized:
+            getLogger().warning(
+                f"command line args [{' '.join(unrecognized)}] will not be used in RecBole"
+            )
+        return self._convert_config_dict(cmd_config_dict)
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+            if model is None:
+                raise KeyError(
+                    "no model given: pass model=, set `model` in a config file or dict, "
+                    "or use --model=NAME"
+                )
+        if isinstance(model, str):
+            model = registry.get_model_class(model)
+        return super()._get_model_and_dataset(model, dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        plugin = registry.get_plugin(model)
+        for file in (os.path.join(registry.PROPERTIES_DIR, "overall.yaml"), plugin and plugin.config_file):
+            if file:
+                self._update_internal_config_dict(file)
+        dataset_file = os.path.join(registry.PROPERTIES_DIR, "dataset", f"{dataset}.yaml")
+        if os.path.isfile(dataset_file):
+            loaded = self._update_internal_config_dict(dataset_file) or {}
+            # RecBole compares these keys to decide whether a saved dataset is still valid.
+            self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
+
+    def _get_final_config_dict(self):
+        final = super()._get_final_config_dict()
+        if (
+            final.get("MODEL_TYPE") == ModelType.SEQUENTIAL
+            and final.get("loss_type") == "CE"
+            and "train_neg_sample_args" not in self.external_config_dict
+        ):
+            final["train_neg_sample_args"] = None
+        return final

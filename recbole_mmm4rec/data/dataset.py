@@ -1,0 +1,144 @@
+"""MultiModalSequentialDataset: RecBole's SequentialDataset plus per-item feature matrices."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from recbole.data.dataset import SequentialDataset
+from recbole.utils import set_color
+
+from recbole_mmm4rec.data.features import (
+    FeatureFileError,
+    align_item_features,
+    read_item_features,
+    tokens_path_for,
+)
+
+
+class MultiModalSequentialDataset(SequentialDataset):
+    """A :class:`~recbole.data.dataset.SequentialDataset` that attaches item features.
+
+    Config keys (see ``properties/dataset/multimodal.yaml``):
+
+    * ``modalities`` (list of str): the modalities to attach, e.g. ``[text, image]``.
+    * ``modality_files`` (dict, optional): modality -> ``path.npy`` (tokens in ``path.tokens``)
+      or -> ``{features: path.npy, tokens: path.tokens}``. Default
+      ``<data_path>/<dataset>/<dataset>.<modality>.npy``.
+    * ``modality_dims`` (dict, optional): modality -> expected feature dimension.
+    * ``missing_feature_policy`` (str or dict per modality): ``zero``, ``mean``, ``learned`` or
+      ``error`` for items that have no feature row.
+    * ``unknown_feature_tokens`` (``error`` or ``ignore``): rows whose token the dataset never had.
+
+    The time field is kept in float64 so that ``<time>_list`` carries exact timestamps; like
+    every ``*_list`` field of RecBole it holds the history only, never the target's time.
+    """
+
+    def __init__(self, config):
+        self.modalities: list[str] = list(config["modalities"] or [])
+        self.item_features: dict[str, torch.Tensor] = {}
+        self.item_feature_masks: dict[str, torch.Tensor] = {}
+        self.missing_feature_policies: dict[str, str] = {}
+        super().__init__(config)
+
+    def _data_processing(self):
+        # Tokens before filtering tell a row of a filtered-out item from a row of a wrong file.
+        raw_item_tokens = set(self.inter_feat[self.iid_field].astype(str))
+        if self.item_feat is not None:
+            raw_item_tokens.update(self.item_feat[self.iid_field].astype(str))
+        super()._data_processing()
+        for modality in self.modalities:
+            self._attach_modality(modality, raw_item_tokens)
+
+    def _modality_paths(self, modality: str) -> tuple[str, str]:
+        files = self.config["modality_files"] or {}
+        entry = files.get(modality)
+        if entry is None:
+            features = os.path.join(self.dataset_path, f"{self.dataset_name}.{modality}.npy")
+            return features, tokens_path_for(features)
+        if isinstance(entry, str):
+            return entry, tokens_path_for(entry)
+        if isinstance(entry, dict) and "features" in entry:
+            return entry["features"], entry.get("tokens") or tokens_path_for(entry["features"])
+        raise FeatureFileError(
+            f"modality_files[{modality!r}]: expected a path to a .npy file or a dict with keys "
+            f"'features' and optionally 'tokens', found {entry!r}"
+        )
+
+    def _missing_policy(self, modality: str) -> str:
+        policy = self.config["missing_feature_policy"] or "error"
+        return policy.get(modality, "error") if isinstance(policy, dict) else policy
+
+    def _ignore_unknown_tokens(self) -> bool:
+        setting = self.config["unknown_feature_tokens"] or "error"
+        if setting not in ("error", "ignore"):
+            raise FeatureFileError(
+                f"unknown_feature_tokens: expected 'error' or 'ignore', found {setting!r}"
+            )
+        return setting == "ignore"
+
+    def _attach_modality(self, modality: str, raw_item_tokens: set[str]) -> None:
+        features_path, tokens_path = self._modality_paths(modality)
+        expected_dim = (self.config["modality_dims"] or {}).get(modality)
+        tokens, matrix = read_item_features(features_path, tokens_path, expected_dim)
+        policy = self._missing_policy(modality)
+        aligned = align_item_features(
+            tokens,
+            matrix,
+            self.field2token_id[self.iid_field],
+            raw_item_tokens,
+            policy,
+            source=features_path,
+            ignore_unknown_tokens=self._ignore_unknown_tokens(),
+        )
+        self.item_features[modality] = torch.from_numpy(aligned.table)
+        self.item_feature_masks[modality] = torch.from_numpy(aligned.has_feature)
+        self.missing_feature_policies[modality] = policy
+        covered = int(aligned.has_feature.sum())
+        self.logger.info(
+            f"modality {modality}: {aligned.table.shape[1]}-d features for {covered} of "
+            f"{self.item_num - 1} items from {features_path} (missing: {policy}; unused rows: "
+            f"{aligned.unused_rows})"
+        )
+
+    def _dataframe_to_interaction(self, data):
+        interaction = super()._dataframe_to_interaction(data)
+        # float32 rounds Unix timestamps to ~64 s; time-aware models need exact gaps.
+        if self.time_field in data and self.time_field in interaction:
+            interaction.interaction[self.time_field] = torch.from_numpy(
+                data[self.time_field].to_numpy(dtype=np.float64)
+            )
+        return interaction
+
+    def item_feature_table(self, modality: str) -> torch.Tensor:
+        """Features of ``modality`` indexed by item id, ``(item_num, dim)`` float32; row 0 is zero."""
+        self._check_modality(modality)
+        return self.item_features[modality]
+
+    def item_feature_mask(self, modality: str) -> torch.Tensor:
+        """``(item_num,)`` bool: True where the item has its own feature row."""
+        self._check_modality(modality)
+        return self.item_feature_masks[modality]
+
+    def missing_feature_policy(self, modality: str) -> str:
+        self._check_modality(modality)
+        return self.missing_feature_policies[modality]
+
+    def _check_modality(self, modality: str) -> None:
+        if modality not in self.item_features:
+            raise KeyError(
+                f"modality {modality!r} is not attached to dataset {self.dataset_name}; "
+                f"attached: {sorted(self.item_features)}. Add it to `modalities` in your YAML."
+            )
+
+    def __str__(self):
+        lines = [super().__str__()]
+        for modality in self.modalities:
+            table = self.item_features[modality]
+            covered = int(self.item_feature_masks[modality].sum())
+            lines.append(
+                set_color(f"Modality {modality}", "blue")
+                + f": {tuple(table.shape)} features, {covered} items covered, "
+                f"missing policy {self.missing_feature_policies[modality]}"
+            )
+        return "\n".join(lines)

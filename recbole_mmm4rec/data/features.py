@@ -1,0 +1,197 @@
+"""The item feature file format, and aligning its rows with RecBole's item ids.
+
+A modality's features are two files side by side:
+
+* ``<stem>.npy``: a 2-D float array ``(rows, dim)`` (float16/32/64; loaded as float32);
+* ``<stem>.tokens``: UTF-8 text, one RecBole item token per line; line ``i`` names row ``i``.
+
+The default stem for modality ``m`` of dataset ``d`` is ``<data_path>/<d>/<d>.<m>``. Rows are
+matched to items by token, so their order does not matter; RecBole's id remapping decides where
+each row lands.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+MISSING_FEATURE_POLICIES = ("zero", "mean", "learned", "error")
+TOKENS_SUFFIX = ".tokens"
+PADDING_TOKEN = "[PAD]"
+
+
+class FeatureFileError(ValueError):
+    """A feature file is missing, malformed, or does not fit the dataset."""
+
+
+def tokens_path_for(features_path: str) -> str:
+    """``x/d.text.npy`` -> ``x/d.text.tokens``."""
+    stem = features_path[: -len(".npy")] if features_path.endswith(".npy") else features_path
+    return stem + TOKENS_SUFFIX
+
+
+def _examples(values: Sequence, limit: int = 5) -> str:
+    shown = ", ".join(repr(v) for v in list(values)[:limit])
+    return shown + (", ..." if len(values) > limit else "")
+
+
+def _atomic_write(path: str, write) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(handle, "wb") as f:
+            write(f)
+        # mkstemp creates 0600; give the file the mode a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def write_item_features(features_path: str, tokens: Sequence[str], matrix: np.ndarray) -> None:
+    """Write a feature matrix and its row tokens in the format :func:`read_item_features` reads."""
+    matrix = np.asarray(matrix)
+    tokens = [str(t) for t in tokens]
+    if matrix.ndim != 2 or matrix.shape[0] != len(tokens):
+        raise FeatureFileError(
+            f"{features_path}: expected a (rows, dim) matrix with one row per token, "
+            f"got shape {matrix.shape} for {len(tokens)} tokens"
+        )
+    bad = [t for t in tokens if not t or "\n" in t or "\r" in t]
+    if bad:
+        raise FeatureFileError(f"{features_path}: tokens must be non-empty single lines: {_examples(bad)}")
+    _atomic_write(features_path, lambda f: np.save(f, matrix))
+    text = "".join(t + "\n" for t in tokens).encode("utf-8")
+    _atomic_write(tokens_path_for(features_path), lambda f: f.write(text))
+
+
+def read_item_features(
+    features_path: str, tokens_path: str | None = None, expected_dim: int | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Read and validate one modality's features. The matrix is memory-mapped, not copied.
+
+    Raises :class:`FeatureFileError` naming the file and what was expected for: a missing file,
+    a matrix that is not 2-D float, a dimension other than ``expected_dim``, a row count that
+    differs from the token count, duplicate tokens, NaN or infinite values.
+    """
+    tokens_path = tokens_path or tokens_path_for(features_path)
+    for path, what in ((features_path, "feature matrix (.npy)"), (tokens_path, "row tokens")):
+        if not os.path.isfile(path):
+            raise FeatureFileError(
+                f"missing {what} file {path}. Write it with "
+                "recbole_mmm4rec.data.write_item_features, or set modality_files in your YAML."
+            )
+    try:
+        matrix = np.load(features_path, mmap_mode="r", allow_pickle=False)
+    except ValueError as error:
+        raise FeatureFileError(f"{features_path}: not a plain .npy array ({error})") from error
+    if matrix.ndim != 2:
+        raise FeatureFileError(
+            f"{features_path}: expected a 2-D (rows, dim) array, found shape {matrix.shape}"
+        )
+    if not np.issubdtype(matrix.dtype, np.floating):
+        raise FeatureFileError(f"{features_path}: expected float values, found dtype {matrix.dtype}")
+    if expected_dim is not None and matrix.shape[1] != int(expected_dim):
+        raise FeatureFileError(
+            f"{features_path}: expected feature dimension {expected_dim} (modality_dims), "
+            f"found {matrix.shape[1]}"
+        )
+    with open(tokens_path, encoding="utf-8") as f:
+        tokens = f.read().splitlines()
+    if len(tokens) != matrix.shape[0]:
+        raise FeatureFileError(
+            f"{tokens_path}: expected {matrix.shape[0]} tokens, one per row of {features_path}, "
+            f"found {len(tokens)}"
+        )
+    unique, counts = np.unique(np.asarray(tokens, dtype=object), return_counts=True)
+    duplicated = unique[counts > 1]
+    if len(duplicated):
+        raise FeatureFileError(
+            f"{tokens_path}: {len(duplicated)} tokens name more than one row, e.g. {_examples(duplicated)}"
+        )
+    finite_rows = np.isfinite(matrix).all(axis=1)
+    if not finite_rows.all():
+        bad_rows = np.flatnonzero(~finite_rows)
+        raise FeatureFileError(
+            f"{features_path}: {len(bad_rows)} rows hold NaN or infinite values, e.g. rows "
+            f"{_examples(bad_rows.tolist())} (tokens {_examples([tokens[i] for i in bad_rows])})"
+        )
+    return tokens, matrix
+
+
+@dataclass
+class AlignedFeatures:
+    """Features indexed by RecBole item id. Row 0 is padding and always zero."""
+
+    table: np.ndarray  # (item_num, dim) float32
+    has_feature: np.ndarray  # (item_num,) bool; False for padding and for items without a row
+    unused_rows: int  # rows of items filtered out of the dataset, or unknown and ignored
+
+
+def align_item_features(
+    tokens: Sequence[str],
+    matrix: np.ndarray,
+    token_to_id: Mapping[str, int],
+    raw_item_tokens: set[str],
+    policy: str,
+    source: str,
+    ignore_unknown_tokens: bool = False,
+) -> AlignedFeatures:
+    """Place each feature row at its item's RecBole id and fill items without a row.
+
+    Args:
+        tokens, matrix: a modality's rows as read by :func:`read_item_features`.
+        token_to_id: RecBole's ``field2token_id[item field]`` (includes ``[PAD]`` -> 0).
+        raw_item_tokens: every item token of the atomic files before filtering; a row whose
+            token is outside both this and ``token_to_id`` is an error (wrong file or field).
+        policy: one of :data:`MISSING_FEATURE_POLICIES`. ``learned`` leaves missing rows at
+            zero: the model replaces them with a trained vector using ``has_feature``.
+        source: the file name used in error messages.
+        ignore_unknown_tokens: skip rows of tokens the dataset never had instead of raising
+            (for a feature file computed over a larger item catalogue).
+    """
+    if policy not in MISSING_FEATURE_POLICIES:
+        raise FeatureFileError(
+            f"missing_feature_policy for {source}: expected one of {MISSING_FEATURE_POLICIES}, "
+            f"found {policy!r}"
+        )
+    item_num = len(token_to_id)
+    ids = np.fromiter((token_to_id.get(t, -1) for t in tokens), dtype=np.int64, count=len(tokens))
+    unmatched = np.flatnonzero(ids < 0)
+    unknown = [tokens[i] for i in unmatched if tokens[i] not in raw_item_tokens]
+    if unknown and not ignore_unknown_tokens:
+        raise FeatureFileError(
+            f"{source}: {len(unknown)} of {len(tokens)} row tokens are not items of the dataset, "
+            f"e.g. {_examples(unknown)}. Each line of the .tokens file must be an item token of "
+            "the dataset's item id field; if the file covers a larger catalogue on purpose, set "
+            "unknown_feature_tokens: ignore."
+        )
+    if PADDING_TOKEN in tokens:
+        raise FeatureFileError(f"{source}: the padding token {PADDING_TOKEN} cannot have a feature row")
+    matched = ids >= 0
+    table = np.zeros((item_num, matrix.shape[1]), dtype=np.float32)
+    table[ids[matched]] = np.asarray(matrix[np.flatnonzero(matched)], dtype=np.float32)
+    has_feature = np.zeros(item_num, dtype=bool)
+    has_feature[ids[matched]] = True
+
+    missing = np.flatnonzero(~has_feature[1:]) + 1
+    if len(missing) and policy == "error":
+        id_to_token = {i: t for t, i in token_to_id.items()}
+        raise FeatureFileError(
+            f"{source}: {len(missing)} of {item_num - 1} items have no feature row, e.g. tokens "
+            f"{_examples([id_to_token[i] for i in missing])}. Add rows for them or set "
+            "missing_feature_policy to zero, mean or learned."
+        )
+    if len(missing) and policy == "mean":
+        if not has_feature.any():
+            raise FeatureFileError(f"{source}: no item has a feature row, so there is no mean to fill with")
+        table[missing] = table[has_feature].mean(axis=0)
+    return AlignedFeatures(table=table, has_feature=has_feature, unused_rows=int(len(unmatched)))

@@ -1,0 +1,180 @@
+"""RecBole's quick-start flow (Config, dataset, data_preparation, trainer) with plugin classes."""
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import tempfile
+from logging import getLogger
+from typing import Any, Sequence
+
+from recbole.data import create_dataset as recbole_create_dataset
+from recbole.data import data_preparation
+from recbole.data.transform import construct_transform
+from recbole.utils import (
+    get_environment,
+    get_flops,
+    get_trainer,
+    init_logger,
+    init_seed,
+    set_color,
+)
+from recbole.utils.argument_list import dataset_arguments
+
+from recbole_mmm4rec import compat, registry
+from recbole_mmm4rec.config import PluginConfig
+
+
+def ensure_dataset_files(config) -> None:
+    """Build a dataset this package knows how to build when its folder is missing.
+
+    RecBole would try to download any dataset it cannot find; here a missing folder is either
+    built from installed data (``ml-100k-mm``) or reported with what to set.
+    """
+    dataset_dir = config["data_path"]
+    inter_file = os.path.join(dataset_dir, f"{config['dataset']}.inter")
+    if os.path.isfile(inter_file) or config["benchmark_filename"]:
+        return
+    builder = registry.dataset_builder(config["dataset"])
+    if builder is None:
+        if os.path.isdir(dataset_dir):
+            return  # RecBole reports what is missing inside an existing folder
+        raise FileNotFoundError(
+            f"dataset {config['dataset']!r} not found: no folder {dataset_dir}. Put its atomic "
+            f"files ({config['dataset']}.inter, ...) there or set data_path to their parent folder."
+        )
+    logger = getLogger()
+    logger.info(set_color(f"Building {config['dataset']} into {dataset_dir} (first use)", "pink"))
+    parent = os.path.dirname(os.path.abspath(dataset_dir))
+    os.makedirs(parent, exist_ok=True)
+    # Build beside the target and rename, so a crash or a concurrent run never leaves a half
+    # dataset, and an existing folder is never overwritten.
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{config['dataset']}-building-")
+    try:
+        builder(staging)
+        os.rename(staging, dataset_dir)
+    except OSError:
+        if not os.path.isfile(inter_file):
+            raise
+        logger.info(f"{dataset_dir} was built by another process meanwhile; using it")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def create_dataset(config):
+    """The dataset class of a plugin model, else RecBole's choice for the model."""
+    ensure_dataset_files(config)
+    plugin = registry.get_plugin(config["model"])
+    if plugin is None:
+        return recbole_create_dataset(config)
+    saved_file = config["dataset_save_path"]
+    if saved_file and os.path.isfile(saved_file):
+        with open(saved_file, "rb") as f:
+            dataset = pickle.load(f)
+        if all(config[k] == dataset.config[k] for k in dataset_arguments + ["seed", "repeatable"]):
+            getLogger().info(set_color("Load filtered dataset from", "pink") + f": [{saved_file}]")
+            return dataset
+    dataset = plugin.dataset_class(config)
+    if config["save_dataset"]:
+        dataset.save()
+    return dataset
+
+
+def _build_model_and_trainer(config, train_data):
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_class = registry.get_model_class(config["model"])
+    model = model_class(config, train_data._dataset).to(config["device"])
+    trainer_class = compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"]))
+    return model, trainer_class
+
+
+def run_recbole(
+    model: str | type | None = None,
+    dataset: str | None = None,
+    config_file_list: Sequence[str] | None = None,
+    config_dict: dict | None = None,
+    saved: bool = True,
+    cmd_args: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Train and test a model, as ``recbole.quick_start.run_recbole`` does.
+
+    Works for RecBole's built-in models and for plugin models. ``cmd_args`` are ``--key=value``
+    overrides (the CLI passes its own); ``sys.argv`` is never read.
+
+    Returns:
+        ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``, and
+        ``saved_model_file`` (the best checkpoint, when ``saved``).
+    """
+    compat.import_recbole_models()
+    config = PluginConfig(
+        model=model,
+        dataset=dataset,
+        config_file_list=config_file_list,
+        config_dict=config_dict,
+        cmd_args=cmd_args,
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(f"command line overrides: {config.cmd_args}")
+    logger.info(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    model, trainer_class = _build_model_and_trainer(config, train_data)
+    logger.info(model)
+    transform = construct_transform(config)
+    flops = get_flops(model, dataset, config["device"], logger, transform)
+    logger.info(set_color("FLOPs", "blue") + f": {flops}")
+
+    trainer = trainer_class(config, model)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(
+        test_data, load_best_model=saved, show_progress=config["show_progress"]
+    )
+
+    logger.info(
+        "The running environment of this training is as follows:\n"
+        + get_environment(config).draw()
+    )
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "saved_model_file": trainer.saved_model_file if saved else None,
+    }
+
+
+def load_data_and_model(model_file: str, trust: bool = False):
+    """Reload a checkpoint written by :func:`run_recbole` (or RecBole) with its data.
+
+    Returns ``(config, model, dataset, train_data, valid_data, test_data)`` like RecBole's
+    function. The file is unpickled only if it references RecBole's or our classes alone
+    (see :func:`recbole_mmm4rec.compat.load_checkpoint`), unless ``trust=True``.
+    """
+    compat.import_recbole_models()
+    checkpoint = compat.load_checkpoint(model_file, map_location="cpu", trust=trust)
+    config = checkpoint["config"]
+    # An unpickled Config skips __init__, which is where RecBole sets the numpy aliases
+    # (np.float, ...) its metrics still use.
+    config.compatibility_settings()
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    model, _ = _build_model_and_trainer(config, train_data)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

@@ -1,0 +1,60 @@
+"""Shared fixtures: the real ml-100k-mm, built once, and a small real subset of it."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pandas as pd
+import pytest
+
+from recbole_mmm4rec.dataset_scripts.ml100k_mm import build_ml100k_mm
+
+SUBSET_NAME = "ml-100k-mm-small"
+SUBSET_USERS = 120  # users 1..120 of ml-100k: ~13 k real interactions
+
+
+@pytest.fixture(scope="session")
+def ml100k_mm_dir(tmp_path_factory) -> str:
+    """The folder ``.../ml-100k-mm`` built by the real builder (MiniLM + knowledge graph)."""
+    folder = str(tmp_path_factory.mktemp("data") / "ml-100k-mm")
+    build_ml100k_mm(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def subset_data_path(ml100k_mm_dir, tmp_path_factory) -> str:
+    """A data_path holding ``ml-100k-mm-small``: the first users' real interactions, all items,
+    and the real feature files of ml-100k-mm."""
+    root = tmp_path_factory.mktemp("subset")
+    folder = root / SUBSET_NAME
+    folder.mkdir()
+    inter = pd.read_csv(os.path.join(ml100k_mm_dir, "ml-100k-mm.inter"), sep="\t", dtype=str)
+    inter = inter[inter["user_id:token"].astype(int) <= SUBSET_USERS]
+    inter.to_csv(folder / f"{SUBSET_NAME}.inter", sep="\t", index=False)
+    for suffix in ("item", "text.npy", "text.tokens", "kg.npy", "kg.tokens"):
+        shutil.copyfile(
+            os.path.join(ml100k_mm_dir, f"ml-100k-mm.{suffix}"), folder / f"{SUBSET_NAME}.{suffix}"
+        )
+    return str(root)
+
+
+def subset_config_dict(data_path: str, tmp_path, **overrides) -> dict:
+    """A CPU-sized config for the subset; every artefact goes under ``tmp_path``."""
+    config = {
+        "data_path": data_path,
+        "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"], "item": ["item_id"]},
+        "modalities": ["text", "kg"],
+        "missing_feature_policy": {"text": "error", "kg": "mean"},
+        "MAX_ITEM_LIST_LENGTH": 20,
+        "epochs": 1,
+        "train_batch_size": 512,
+        "eval_batch_size": 4096,
+        "show_progress": False,
+        "use_gpu": False,
+        "checkpoint_dir": str(tmp_path / "saved"),
+        "metrics": ["Hit", "NDCG"],
+        "topk": [10],
+        "valid_metric": "NDCG@10",
+    }
+    config.update(overrides)
+    return config
