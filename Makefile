@@ -1,0 +1,26 @@
+# The two entry points of the README. Each creates .venv and installs what it needs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test clean
+
+# torch==2.13.0 goes in first: any other torch requirement would pull GB of CUDA wheels.
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[features,test]"
+	$(BIN)/python -m pip check
+	touch $@
+
+# Builds ml-100k-mm on first use (dataset/ml-100k-mm), trains SASRec, prints the test table.
+demo: $(STAMP)
+	$(BIN)/run_recbole --model=SASRec --dataset=ml-100k-mm --config_files=properties/quick_start/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) dataset saved log log_tensorboard
