@@ -1,82 +1,76 @@
 """The few narrow fixes RecBole 1.2.1 needs on current PyTorch.
 
-Nothing here changes global state except undoing RecBole's own global side effect (autograd
-anomaly detection) and nothing requires the user to set environment variables.
+Nothing here requires the user to set environment variables. The only global state touched is
+RecBole's own: the anomaly mode its import sets, and its list of dataset arguments.
 
 1. ``recbole.model.sequential_recommender.sine`` calls ``torch.autograd.set_detect_anomaly(True)``
-   at import time, slowing every model's training 1.3-1.8x. :func:`import_recbole_models` imports
-   RecBole's model packages once and restores the anomaly mode the caller had before.
+   at import time, slowing every model's training (1.3x measured on SASRec here).
+   :func:`import_recbole_models` imports RecBole's model packages once and restores the anomaly
+   mode the caller had before.
 2. torch >= 2.6 loads with ``weights_only=True``, which cannot read RecBole checkpoints (they
-   pickle the ``Config`` object, with pickle protocol 4). :func:`load_checkpoint` scans the
-   pickle's global references without executing it and only unpickles files whose globals are
-   RecBole's, ours, or torch's safe set; anything else is refused with the offending names.
+   pickle the ``Config`` object). :func:`load_checkpoint` unpickles them with a restricted
+   unpickler instead: every global goes through an allow-list (RecBole's and this package's
+   classes, registered plugin classes, torch/numpy/scipy containers), only an allow-list of
+   rebuild functions may be *called*, and classes are only ever created empty and filled with
+   their saved state (never called, so e.g. ``Config.__init__``, which ``eval``s its values,
+   cannot run). Anything else raises :class:`UntrustedCheckpointError`.
    :func:`compatible_trainer` gives RecBole trainer classes whose checkpoint reloads use it.
+3. RecBole reuses a saved dataset or saved dataloaders when the keys in its
+   ``dataset_arguments`` list are unchanged; :func:`register_dataset_arguments` adds this
+   package's dataset keys to that list, so changing them rebuilds instead of reusing stale data.
 """
 from __future__ import annotations
 
+import enum
+import functools
 import importlib
-import io
 import os
-import pickletools
-import zipfile
+import pickle
+import types
 from typing import Any
 
 import torch
 
-# Modules whose classes may appear in a RecBole checkpoint we write: the Config (ours or
-# RecBole's), enums, the model class it records, and the YAML loader class it keeps.
-_TRUSTED_MODULE_PREFIXES = ("recbole.", "recbole_mmm4rec.")
-_TRUSTED_GLOBALS = frozenset(
+# Functions and types that a checkpoint may *call* while it is unpickled (REDUCE): the rebuild
+# functions of torch tensors and numpy arrays, and plain containers.
+_CALLABLE_GLOBALS = frozenset(
     {
-        "collections.OrderedDict",
-        "collections.defaultdict",
-        "builtins.set",
-        "builtins.frozenset",
-        "builtins.slice",
-        "builtins.complex",
         "builtins.bytearray",
+        "builtins.complex",
+        "builtins.frozenset",
+        "builtins.set",
+        "builtins.slice",
         "_codecs.encode",
-        "numpy.dtype",
-        "numpy.ndarray",
-        "numpy.core.multiarray.scalar",
+        "collections.OrderedDict",
         "numpy.core.multiarray._reconstruct",
-        "yaml.loader.FullLoader",
-        "torch.device",
+        "numpy.core.multiarray.scalar",
+        "numpy.dtype",
         "torch.Size",
-        "torch._utils._rebuild_tensor_v2",
+        "torch.device",
         "torch._utils._rebuild_parameter",
         "torch._utils._rebuild_parameter_with_state",
-        "torch.FloatStorage",
-        "torch.DoubleStorage",
-        "torch.HalfStorage",
-        "torch.BFloat16Storage",
-        "torch.LongStorage",
-        "torch.IntStorage",
-        "torch.BoolStorage",
-        "torch.storage.UntypedStorage",
-        "torch.float32",
-        "torch.float64",
-        "torch.int64",
+        "torch._utils._rebuild_sparse_tensor",
+        "torch._utils._rebuild_tensor_v2",
     }
 )
+# Modules whose classes may be *created empty and filled with saved state* (NEWOBJ + BUILD):
+# RecBole's Config, enums, models and layers, ours, and what RecBole models keep in
+# ``other_parameter`` (sparse matrices, numpy arrays, torch layers).
+_CLASS_MODULE_PREFIXES = (
+    "recbole.",
+    "recbole_mmm4rec.",
+    "torch.nn.modules.",
+    "scipy.sparse.",
+    "numpy.dtypes",
+)
+# Single classes outside those modules (not all of numpy: numpy.memmap's constructor opens files).
+_CLASS_GLOBALS = frozenset({"numpy.ndarray", "yaml.loader.FullLoader"})
 # Classes registered as plugin models or datasets from outside our package (user plugins).
 _TRUSTED_CLASSES: set[str] = set()
-_STRING_OPCODES = frozenset(
-    {
-        "SHORT_BINUNICODE",
-        "BINUNICODE",
-        "BINUNICODE8",
-        "UNICODE",
-        "SHORT_BINSTRING",
-        "BINSTRING",
-        "STRING",
-    }
-)
-_MEMO_GET_OPCODES = frozenset({"GET", "BINGET", "LONG_BINGET"})
 
 
-class UntrustedCheckpointError(RuntimeError):
-    """A checkpoint references Python objects outside RecBole, recbole_mmm4rec and torch."""
+class UntrustedCheckpointError(pickle.UnpicklingError):
+    """A checkpoint asks for something outside what RecBole and this package write."""
 
 
 def import_recbole_models() -> None:
@@ -98,53 +92,11 @@ def import_recbole_models() -> None:
     torch.autograd.set_detect_anomaly(anomaly_was_enabled)
 
 
-def _pickle_bytes(path: str) -> bytes:
-    """The pickle stream of a checkpoint file: ``data.pkl`` of a torch zip, or the whole file."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            if len(names) != 1:
-                raise UntrustedCheckpointError(
-                    f"{path}: expected one data.pkl inside the torch archive, found {names}"
-                )
-            return archive.read(names[0])
-    with open(path, "rb") as f:
-        return f.read()
+def register_dataset_arguments(keys: list[str]) -> None:
+    """Make RecBole treat ``keys`` as dataset arguments when it validates saved datasets."""
+    from recbole.utils.argument_list import dataset_arguments
 
-
-def pickle_globals(data: bytes) -> set[str]:
-    """Every ``module.name`` global a pickle stream references, found without executing it.
-
-    ``STACK_GLOBAL`` takes its module and name from the two most recent strings pushed, directly
-    or through the memo, so the scan follows string pushes and memo reads.
-    """
-    found: set[str] = set()
-    strings: list[str] = []
-    memo: dict[int, str | None] = {}
-    last_string: str | None = None
-    for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
-        name = opcode.name
-        if name in _STRING_OPCODES:
-            last_string = arg if isinstance(arg, str) else arg.decode("latin-1")
-            strings.append(last_string)
-            continue
-        if name == "MEMOIZE":
-            memo[len(memo)] = last_string
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = last_string
-        elif name in _MEMO_GET_OPCODES:
-            value = memo.get(int(arg))
-            if value is not None:
-                strings.append(value)
-        elif name in ("GLOBAL", "INST"):
-            found.add(arg.replace(" ", "."))
-        elif name == "STACK_GLOBAL":
-            if len(strings) < 2:
-                raise UntrustedCheckpointError("STACK_GLOBAL without a module and name")
-            found.add(f"{strings[-2]}.{strings[-1]}")
-        if name not in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
-            last_string = None
-    return found
+    dataset_arguments.extend(key for key in keys if key not in dataset_arguments)
 
 
 def add_trusted_class(cls: type) -> None:
@@ -152,53 +104,111 @@ def add_trusted_class(cls: type) -> None:
     _TRUSTED_CLASSES.add(f"{cls.__module__}.{cls.__qualname__}")
 
 
-def _is_trusted(global_name: str) -> bool:
-    if global_name in _TRUSTED_GLOBALS or global_name in _TRUSTED_CLASSES:
+@functools.lru_cache(maxsize=1)
+def _callable_objects() -> tuple:
+    """The objects named by ``_CALLABLE_GLOBALS``, compared by identity when a pickle calls."""
+    objects = []
+    for full_name in sorted(_CALLABLE_GLOBALS):
+        module, _, name = full_name.rpartition(".")
+        obj = getattr(importlib.import_module(module), name, None)
+        if obj is not None:
+            objects.append(obj)
+    return tuple(objects)
+
+
+def _allowed_class(module: str, name: str, obj: Any) -> bool:
+    if not isinstance(obj, type):
+        return False
+    if f"{module}.{name}" in _TRUSTED_CLASSES or f"{module}.{name}" in _CLASS_GLOBALS:
         return True
-    if not global_name.startswith(_TRUSTED_MODULE_PREFIXES):
-        return False
-    # Classes only: a function of ours or RecBole's has no business in a checkpoint.
-    module_name, _, attribute = global_name.rpartition(".")
-    try:
-        obj = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError):
-        return False
-    return isinstance(obj, type)
+    # The class must live where the pickle says, not be re-exported from a trusted module.
+    return obj.__module__ == module and module.startswith(_CLASS_MODULE_PREFIXES)
 
 
-def untrusted_globals(path: str | os.PathLike) -> list[str]:
-    """The globals of a checkpoint that are not RecBole's, ours or torch's safe ones."""
-    path = os.fspath(path)
-    try:
-        names = pickle_globals(_pickle_bytes(path))
-    except (ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise UntrustedCheckpointError(
-            f"{path}: not a readable torch checkpoint ({error})"
-        ) from error
-    return sorted(name for name in names if not _is_trusted(name))
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Python's unpickler with every way of reaching or calling code put behind allow-lists."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def find_class(self, module: str, name: str) -> Any:
+        full_name = f"{module}.{name}"
+        if full_name in _CALLABLE_GLOBALS:
+            return super().find_class(module, name)
+        try:
+            obj = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            obj = None
+        if not _allowed_class(module, name, obj):
+            raise UntrustedCheckpointError(
+                f"the checkpoint references {full_name}, which RecBole and recbole_mmm4rec "
+                "checkpoints never contain"
+            )
+        return obj
+
+    def load_reduce(self) -> None:
+        args = self.stack.pop()
+        func = self.stack[-1]
+        is_enum_lookup = isinstance(func, type) and issubclass(func, enum.Enum)
+        if not (is_enum_lookup or any(func is allowed for allowed in _callable_objects())):
+            name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', type(func).__name__)}"
+            raise UntrustedCheckpointError(f"the checkpoint calls {name}, which is not allowed")
+        self.stack[-1] = func(*args)
+
+    def load_build(self) -> None:
+        # BUILD's slot state is applied with setattr: on a class or function it would rewrite code.
+        if isinstance(self.stack[-2], (type, types.FunctionType, types.BuiltinFunctionType, types.ModuleType)):
+            raise UntrustedCheckpointError("the checkpoint sets attributes of a class or function")
+        super().load_build()
+
+    def _refuse_instantiation(self) -> None:
+        raise UntrustedCheckpointError("the checkpoint calls a class through INST/OBJ, which is not allowed")
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.INST[0]] = _refuse_instantiation
+    dispatch[pickle.OBJ[0]] = _refuse_instantiation
 
 
-def load_checkpoint(
-    path: str | os.PathLike, map_location: Any = None, trust: bool = False
-) -> Any:
+def _restricted_load(file, **kwargs) -> Any:
+    return _RestrictedUnpickler(file, **kwargs).load()
+
+
+# The pickle module handed to torch.load: torch subclasses its Unpickler and calls its load.
+_RESTRICTED_PICKLE = types.SimpleNamespace(
+    Unpickler=_RestrictedUnpickler, load=_restricted_load, __name__="recbole_mmm4rec_restricted_pickle"
+)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = None, trust: bool = False) -> Any:
     """Load a RecBole checkpoint under torch >= 2.6.
 
-    Files that reference only RecBole's and recbole_mmm4rec's classes, plus torch's and numpy's
-    tensor machinery, are unpickled with ``weights_only=False``. Anything else raises
-    :class:`UntrustedCheckpointError` naming the foreign globals, unless ``trust=True``.
+    RecBole's and recbole_mmm4rec's checkpoints load through a restricted unpickler (see the
+    module docstring); a file that needs anything else raises :class:`UntrustedCheckpointError`
+    naming it, unless ``trust=True``, which unpickles it without restriction.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if not trust:
-        foreign = untrusted_globals(path)
-        if foreign:
-            raise UntrustedCheckpointError(
-                f"{path} is not a RecBole / recbole_mmm4rec checkpoint: it references "
-                f"{', '.join(foreign[:10])}{' ...' if len(foreign) > 10 else ''}. Unpickling it "
-                "could run arbitrary code; if you trust the file, pass trust=True."
-            )
-    return torch.load(path, map_location=map_location, weights_only=False)
+    if trust:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(
+            path, map_location=map_location, weights_only=False, pickle_module=_RESTRICTED_PICKLE
+        )
+    except UntrustedCheckpointError as error:
+        raise UntrustedCheckpointError(
+            f"{path} is not a RecBole / recbole_mmm4rec checkpoint: {error}. Unpickling it could "
+            "run arbitrary code; if you trust the file, pass trust=True."
+        ) from None
+    except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, ValueError) as error:
+        # the pure-Python unpickler raises KeyError for an unknown opcode
+        raise UntrustedCheckpointError(f"{path}: not a readable torch checkpoint ({error})") from error
+
+
+def restore_model_state(model: torch.nn.Module, checkpoint: dict) -> None:
+    """Put a checkpoint's weights and RecBole ``other_parameter`` into ``model``."""
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
 
 
 class _CheckpointReloadMixin:
@@ -207,9 +217,7 @@ class _CheckpointReloadMixin:
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if load_best_model and eval_data:
             checkpoint_file = model_file or self.saved_model_file
-            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
-            self.model.load_state_dict(checkpoint["state_dict"])
-            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            restore_model_state(self.model, load_checkpoint(checkpoint_file, map_location=self.device))
             self.logger.info(
                 f"Loading model structure and parameters from {checkpoint_file}"
             )
@@ -221,16 +229,15 @@ class _CheckpointReloadMixin:
         resume_file = str(resume_file)
         checkpoint = load_checkpoint(resume_file, map_location=self.device)
         if checkpoint["config"]["model"].lower() != self.config["model"].lower():
-            raise ValueError(
-                f"{resume_file} was saved by model {checkpoint['config']['model']}, "
-                f"but this run trains {self.config['model']}"
+            self.logger.warning(
+                f"{resume_file} was saved by model {checkpoint['config']['model']}, but this run "
+                f"trains {self.config['model']}; loading its state_dict may fail."
             )
         self.saved_model_file = resume_file
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        restore_model_state(self.model, checkpoint)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.logger.info(
             f"Checkpoint loaded. Resume training from epoch {self.start_epoch}"

@@ -41,30 +41,107 @@ class _Exploit:
         return (pathlib.Path.touch, (pathlib.Path(self.marker),))
 
 
-@pytest.mark.parametrize("protocol", [2, 4])
-def test_foreign_checkpoint_is_refused_without_running_it(tmp_path, protocol):
+class _EvalThroughConfig:
+    """Only trusted globals, but calls RecBole's Config, whose __init__ evals its dict values."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from recbole.config import Config
+
+        payload = f"__import__('pathlib').Path({self.marker!r}).touch()"
+        return (Config, (None, None, None, {"learning_rate": payload}))
+
+
+def _short_string(text: str) -> bytes:
+    data = text.encode()
+    return pickle.SHORT_BINUNICODE + bytes([len(data)]) + data
+
+
+def _stack_trick(marker: str) -> bytes:
+    """Pushes 'pathlib', 'Path' then a decoy 'collections', 'OrderedDict', pops the decoy, so
+    STACK_GLOBAL resolves pathlib.Path; then pathlib.Path(marker).touch() via getattr."""
+    return (
+        pickle.PROTO + bytes([4])
+        + _short_string("builtins") + _short_string("getattr") + pickle.STACK_GLOBAL
+        + _short_string("pathlib") + _short_string("Path")
+        + _short_string("collections") + _short_string("OrderedDict") + pickle.POP + pickle.POP
+        + pickle.STACK_GLOBAL + _short_string(marker) + pickle.TUPLE1 + pickle.REDUCE
+        + _short_string("touch") + pickle.TUPLE2 + pickle.REDUCE
+        + pickle.EMPTY_TUPLE + pickle.REDUCE + pickle.STOP
+    )
+
+
+def _attack_files(tmp_path, marker):
+    zip2, zip4 = tmp_path / "reduce2.pth", tmp_path / "reduce4.pth"
+    torch.save({"state_dict": {}, "x": _Exploit(marker)}, zip2, pickle_protocol=2)
+    torch.save({"state_dict": {}, "x": _Exploit(marker)}, zip4, pickle_protocol=4)
+    config_eval = tmp_path / "config_eval.pth"
+    torch.save({"config": _EvalThroughConfig(marker)}, config_eval, pickle_protocol=4)
+    stack_trick = tmp_path / "stack_trick.pth"
+    stack_trick.write_bytes(_stack_trick(marker))
+    # A legacy (non-zip) torch file is several pickles in a row; the second one attacks.
+    legacy = tmp_path / "legacy.pth"
+    legacy.write_bytes(pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2) + pickle.dumps(_Exploit(marker), protocol=2))
+    return [zip2, zip4, config_eval, stack_trick, legacy]
+
+
+def test_attacks_are_refused_without_running_anything(tmp_path):
     marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {}, "x": _Exploit(str(marker))}, path, pickle_protocol=protocol)
-    # protocol 4 names pathlib.Path.touch; protocol 2 reaches it through getattr(pathlib.Path, ...)
-    assert any(name.startswith("pathlib.") for name in compat.untrusted_globals(path))
-    with pytest.raises(compat.UntrustedCheckpointError, match=r"evil\.pth is not a RecBole .*pathlib\."):
-        compat.load_checkpoint(path)
-    assert not marker.exists()
-    # A plain, non-zip pickle file is scanned the same way.
-    legacy = tmp_path / "legacy.pkl"
-    legacy.write_bytes(pickle.dumps(_Exploit(str(marker)), protocol=protocol))
-    with pytest.raises(compat.UntrustedCheckpointError):
-        compat.load_checkpoint(legacy)
-    assert not marker.exists()
+    for path in _attack_files(tmp_path, str(marker)):
+        with pytest.raises(compat.UntrustedCheckpointError, match=rf"{path.name} is not a RecBole / recbole_mmm4rec checkpoint"):
+            compat.load_checkpoint(path)
+        assert not marker.exists(), path.name
 
 
-def test_recbole_functions_are_not_trusted_only_classes(tmp_path):
+def test_the_stack_trick_really_runs_code_when_trusted(tmp_path):
+    """Guards the attack test above: the crafted pickle is a working exploit."""
+    marker = tmp_path / "pwned"
+    (tmp_path / "f.pkl").write_bytes(_stack_trick(str(marker)))
+    pickle.loads((tmp_path / "f.pkl").read_bytes())
+    assert marker.exists()
+
+
+def test_trust_true_unpickles_without_restriction(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "mine.pth"
+    torch.save({"x": _Exploit(str(marker))}, path)
+    compat.load_checkpoint(path, trust=True)
+    assert marker.exists()
+
+
+def test_recbole_functions_and_re_exports_are_refused(tmp_path):
+    from recbole.trainer.hyper_tuning import partial  # functools.partial, re-exported by RecBole
     from recbole.utils import init_seed
 
-    path = tmp_path / "f.pth"
-    torch.save({"f": init_seed}, path)
-    assert compat.untrusted_globals(path) == ["recbole.utils.utils.init_seed"]
+    for name, value in (("function", init_seed), ("re-export", partial(print, "x"))):
+        path = tmp_path / f"{name}.pth"
+        torch.save({"f": value}, path)
+        with pytest.raises(compat.UntrustedCheckpointError):
+            compat.load_checkpoint(path)
+
+
+def test_what_recbole_models_keep_in_other_parameter_loads(tmp_path):
+    import numpy as np
+    import scipy.sparse as sp
+    from recbole.utils import ModelType
+
+    state = {
+        "config": {"model": "ItemKNN", "MODEL_TYPE": ModelType.GENERAL, "device": torch.device("cpu")},
+        "state_dict": {"w": torch.arange(6.0).reshape(2, 3)},
+        "other_parameter": {
+            "w": sp.random(5, 5, density=0.3, format="csr", random_state=0),  # ItemKNN, EASE
+            "pred_mat": np.arange(4.0),
+            "feature_embed_layer": torch.nn.Embedding(3, 2),  # FDSA, DIN
+        },
+    }
+    path = tmp_path / "ok.pth"
+    torch.save(state, path, pickle_protocol=4)
+    loaded = compat.load_checkpoint(path)
+    assert (loaded["other_parameter"]["w"] != state["other_parameter"]["w"]).nnz == 0
+    assert torch.equal(loaded["other_parameter"]["feature_embed_layer"].weight, state["other_parameter"]["feature_embed_layer"].weight)
+    assert loaded["config"]["MODEL_TYPE"] is ModelType.GENERAL
 
 
 def test_garbage_file_is_a_clear_error(tmp_path):
