@@ -62,8 +62,9 @@ def run_recbole_main(argv: Sequence[str] | None = None) -> int:
         config_file_list=args.config_files.strip().split(" ") if args.config_files else None,
         cmd_args=overrides,
     )
-    print(format_result_table(f"{args.model} on {args.dataset}: best validation", result["best_valid_result"]))
-    print(format_result_table(f"{args.model} on {args.dataset}: test", result["test_result"]))
+    for title, metrics in (("best validation", result["best_valid_result"]), ("test", result["test_result"])):
+        if metrics:  # None without validation data or with eval_step=0
+            print(format_result_table(f"{args.model} on {args.dataset}: {title}", metrics))
     return 0
 
 

@@ -14,20 +14,23 @@ from recbole_mmm4rec import registry
 class PluginConfig(Config):
     """RecBole's :class:`~recbole.config.Config` with three differences.
 
-    * ``model`` may name a plugin model (see :mod:`recbole_mmm4rec.registry`); its default YAML
-      is layered where RecBole layers ``properties/model/<Model>.yaml``.
+    * ``model`` may name a plugin model (see :mod:`recbole_mmm4rec.registry`).
     * ``--key=value`` overrides come from ``cmd_args`` (the CLI passes its arguments); a library
       call never reads the caller's ``sys.argv``.
-    * This package's ``properties/overall.yaml`` (multimodal keys) and
-      ``properties/dataset/<dataset>.yaml`` are layered too, and a sequential model with CE loss
-      defaults to ``train_neg_sample_args: ~`` (RecBole 1.2.1 otherwise refuses to start).
+    * After RecBole's internal YAML files (overall, model, sample, dataset, model-type), this
+      package layers its own, in this order: ``properties/overall.yaml`` (multimodal keys), the
+      plugin model's YAML, ``properties/dataset/<dataset>.yaml``. A plugin model's defaults thus
+      override RecBole's generic ones (e.g. ``MAX_ITEM_LIST_LENGTH`` from sample.yaml), which a
+      built-in model's YAML cannot. A sequential model with CE loss defaults to
+      ``train_neg_sample_args: ~`` (RecBole 1.2.1 otherwise refuses to start).
 
-    Precedence is RecBole's: command line > config dict > config files > internal defaults.
+    User settings keep RecBole's precedence over all of these: command line > config dict >
+    config files.
     """
 
     def __init__(
         self,
-        model=None,
+        model: str | type | None = None,
         dataset: str | None = None,
         config_file_list: Sequence[str] | None = None,
         config_dict: dict | None = None,

@@ -8,7 +8,11 @@ import tempfile
 from logging import getLogger
 from typing import Any, Sequence
 
+import torch
+
+from recbole.config import Config
 from recbole.data import create_dataset as recbole_create_dataset
+from recbole.data.dataset import Dataset
 from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import (
@@ -19,13 +23,14 @@ from recbole.utils import (
     init_seed,
     set_color,
 )
-from recbole.utils.argument_list import dataset_arguments
+from recbole.utils.argument_list import dataset_arguments  # includes our keys (compat)
 
 from recbole_mmm4rec import compat, registry
 from recbole_mmm4rec.config import PluginConfig
+from recbole_mmm4rec.data.features import default_mode
 
 
-def ensure_dataset_files(config) -> None:
+def ensure_dataset_files(config: Config) -> None:
     """Build a dataset this package knows how to build when its folder is missing.
 
     RecBole would try to download any dataset it cannot find; here a missing folder is either
@@ -43,6 +48,11 @@ def ensure_dataset_files(config) -> None:
             f"dataset {config['dataset']!r} not found: no folder {dataset_dir}. Put its atomic "
             f"files ({config['dataset']}.inter, ...) there or set data_path to their parent folder."
         )
+    if os.path.isdir(dataset_dir) and os.listdir(dataset_dir):
+        raise FileExistsError(
+            f"{dataset_dir} exists but holds no {config['dataset']}.inter. Remove or rename it to "
+            f"let recbole-mmm4rec build {config['dataset']} there; nothing in it was touched."
+        )
     logger = getLogger()
     logger.info(set_color(f"Building {config['dataset']} into {dataset_dir} (first use)", "pink"))
     parent = os.path.dirname(os.path.abspath(dataset_dir))
@@ -52,6 +62,7 @@ def ensure_dataset_files(config) -> None:
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{config['dataset']}-building-")
     try:
         builder(staging)
+        os.chmod(staging, default_mode(0o777))  # mkdtemp creates 0700
         os.rename(staging, dataset_dir)
     except OSError:
         if not os.path.isfile(inter_file):
@@ -61,14 +72,18 @@ def ensure_dataset_files(config) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def create_dataset(config):
+def create_dataset(config: Config) -> Dataset:
     """The dataset class of a plugin model, else RecBole's choice for the model."""
     ensure_dataset_files(config)
     plugin = registry.get_plugin(config["model"])
     if plugin is None:
         return recbole_create_dataset(config)
-    saved_file = config["dataset_save_path"]
-    if saved_file and os.path.isfile(saved_file):
+    # RecBole's rule: reuse a saved dataset whose dataset arguments are unchanged.
+    default_file = os.path.join(
+        config["checkpoint_dir"], f"{config['dataset']}-{plugin.dataset_class.__name__}.pth"
+    )
+    saved_file = config["dataset_save_path"] or default_file
+    if os.path.isfile(saved_file):
         with open(saved_file, "rb") as f:
             dataset = pickle.load(f)
         if all(config[k] == dataset.config[k] for k in dataset_arguments + ["seed", "repeatable"]):
@@ -80,10 +95,10 @@ def create_dataset(config):
     return dataset
 
 
-def _build_model_and_trainer(config, train_data):
+def _build_model_and_trainer(config: Config, train_data) -> tuple[torch.nn.Module, type]:
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_class = registry.get_model_class(config["model"])
-    model = model_class(config, train_data._dataset).to(config["device"])
+    # The class the config resolved: a registered plugin, a RecBole model, or a class passed in.
+    model = config.model_class(config, train_data._dataset).to(config["device"])
     trainer_class = compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"]))
     return model, trainer_class
 
@@ -152,7 +167,7 @@ def run_recbole(
     }
 
 
-def load_data_and_model(model_file: str, trust: bool = False):
+def load_data_and_model(model_file: str, trust: bool = False) -> tuple:
     """Reload a checkpoint written by :func:`run_recbole` (or RecBole) with its data.
 
     Returns ``(config, model, dataset, train_data, valid_data, test_data)`` like RecBole's
@@ -175,6 +190,5 @@ def load_data_and_model(model_file: str, trust: bool = False):
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
     model, _ = _build_model_and_trainer(config, train_data)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
+    compat.restore_model_state(model, checkpoint)
     return config, model, dataset, train_data, valid_data, test_data

@@ -13,9 +13,7 @@ from typing import Callable
 from recbole_mmm4rec import compat
 from recbole_mmm4rec.data import MultiModalSequentialDataset
 
-PROPERTIES_DIR = os.path.join(
-    os.path.dirname(importlib.import_module("recbole_mmm4rec.properties").__file__)
-)
+PROPERTIES_DIR = os.path.dirname(importlib.import_module("recbole_mmm4rec.properties").__file__)
 
 
 @dataclass(frozen=True)
@@ -61,6 +59,7 @@ def plugin_models() -> dict[str, PluginModel]:
 
 
 def get_plugin(name: str) -> PluginModel | None:
+    """The registration of plugin model ``name``, or None for any other name."""
     return _MODELS.get(name)
 
 

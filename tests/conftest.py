@@ -58,3 +58,14 @@ def subset_config_dict(data_path: str, tmp_path, **overrides) -> dict:
     }
     config.update(overrides)
     return config
+
+
+@pytest.fixture
+def tiny_plugin():
+    """MeanFeatureRec registered as a plugin model for one test, then unregistered."""
+    from recbole_mmm4rec import registry
+    from tests.tiny_model import CONFIG_FILE, MeanFeatureRec
+
+    registry.register_model(MeanFeatureRec, config_file=CONFIG_FILE)
+    yield MeanFeatureRec
+    registry._MODELS.pop(MeanFeatureRec.__name__)

@@ -8,13 +8,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 import recbole_mmm4rec
-from recbole_mmm4rec import compat, load_data_and_model, register_model, run_recbole
+from recbole_mmm4rec import compat, load_data_and_model, run_recbole
 from recbole_mmm4rec.cli import build_parser
 from tests.conftest import SUBSET_NAME, subset_config_dict
-from tests.tiny_model import MeanFeatureRec
 
 RUN_RECBOLE = os.path.join(os.path.dirname(sys.executable), "run_recbole")
 
@@ -24,17 +24,22 @@ def parse_table(stdout: str, title: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\w+@\d+)\s+([0-9.]+)$", block, re.M)}
 
 
-def evaluate_reloaded(checkpoint: str) -> dict[str, float]:
+def reloaded_trainer(checkpoint: str):
     config, model, _, _, _, test_data = load_data_and_model(checkpoint)
     from recbole.utils import get_trainer
 
     trainer = compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"]))(config, model)
+    return trainer, test_data
+
+
+def evaluate_reloaded(checkpoint: str) -> dict[str, float]:
+    trainer, test_data = reloaded_trainer(checkpoint)
     return dict(trainer.evaluate(test_data, load_best_model=False))
 
 
 def test_help_lists_flags_plugins_and_datasets():
     out = subprocess.run([RUN_RECBOLE, "--help"], capture_output=True, text=True, check=True).stdout
-    for text in ("--model", "--dataset", "--config_files", "plugin models:", "ml-100k-mm", "SASRec"):
+    for text in ("--model", "--dataset", "--config_files", "--nproc", "plugin models:", "ml-100k-mm"):
         assert text in out
 
 
@@ -58,9 +63,8 @@ def test_sasrec_one_epoch_through_the_cli_then_reload(subset_data_path, tmp_path
         assert reloaded[metric] == pytest.approx(value, abs=1e-4)
 
 
-def test_registered_plugin_model_trains_and_reloads(subset_data_path, tmp_path, monkeypatch):
+def test_registered_plugin_model_trains_and_reloads(subset_data_path, tmp_path, monkeypatch, tiny_plugin):
     monkeypatch.chdir(tmp_path)
-    register_model(MeanFeatureRec, config_file=os.path.join(os.path.dirname(__file__), "tiny_model.yaml"))
     assert "MeanFeatureRec" in recbole_mmm4rec.plugin_models()
     assert "MeanFeatureRec" in build_parser().format_help()
 
@@ -69,8 +73,14 @@ def test_registered_plugin_model_trains_and_reloads(subset_data_path, tmp_path, 
     )
     assert result["saved_model_file"] and os.path.isfile(result["saved_model_file"])
     assert result["test_result"]["hit@10"] > 0
-    reloaded = evaluate_reloaded(result["saved_model_file"])
-    assert reloaded == pytest.approx(dict(result["test_result"]), abs=1e-6)
+    trainer, test_data = reloaded_trainer(result["saved_model_file"])
+    assert dict(trainer.evaluate(test_data, load_best_model=False)) == pytest.approx(dict(result["test_result"]), abs=1e-6)
+    trained = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    for parameter in trainer.model.parameters():
+        parameter.data.zero_()
+    trainer.resume_checkpoint(result["saved_model_file"])
+    assert trainer.start_epoch >= 1
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in trained.items())
 
 
 def test_cpu_multi_process_flags_are_refused_clearly():

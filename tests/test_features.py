@@ -1,6 +1,8 @@
 """MultiModalSequentialDataset and the feature file format, on the real ml-100k-mm subset."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -29,6 +31,17 @@ def make_dataset(data_path, tmp_path, **overrides) -> MultiModalSequentialDatase
 
 def original_features(data_path, modality):
     return read_item_features(f"{data_path}/{SUBSET_NAME}/{SUBSET_NAME}.{modality}.npy")
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_modalities_given_as_one_string(subset_data_path, tmp_path):
+    dataset = make_dataset(subset_data_path, tmp_path, modalities="kg")
+    assert dataset.modalities == ["kg"] and dataset.item_feature_table("kg").shape[1] == 64
 
 
 def test_rows_are_matched_by_token_not_by_order(subset_data_path, tmp_path):
@@ -166,9 +179,38 @@ def test_align_rejects_bad_policy_and_padding_rows():
 
 def test_write_is_atomic_and_keeps_the_old_file_on_failure(tmp_path):
     path = str(tmp_path / "f.npy")
-    write_item_features(path, ["a", "b"], np.eye(2, dtype=np.float32))
-    with pytest.raises(FeatureFileError):
-        write_item_features(path, ["a"], np.eye(2, dtype=np.float32))
+    write_item_features(path, ["a\x85b", "c\u2028d"], np.eye(2, dtype=np.float32))  # odd but legal tokens
+    for bad_tokens, bad_matrix in ((["a"], np.eye(2)), (["a", "b"], np.eye(2, dtype=np.int64))):
+        with pytest.raises(FeatureFileError):
+            write_item_features(path, bad_tokens, bad_matrix)
     tokens, matrix = read_item_features(path)
-    assert tokens == ["a", "b"] and np.array_equal(matrix, np.eye(2))
+    assert tokens == ["a\x85b", "c\u2028d"] and np.array_equal(matrix, np.eye(2))
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~_umask())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy", "f.tokens"]
+
+
+def test_saved_dataset_is_reused_only_while_its_arguments_match(subset_data_path, tmp_path, tiny_plugin):
+    import shutil
+
+    from recbole_mmm4rec import create_dataset
+    features = tmp_path / "copy.text.npy"
+    shutil.copyfile(f"{subset_data_path}/{SUBSET_NAME}/{SUBSET_NAME}.text.npy", features)
+    shutil.copyfile(f"{subset_data_path}/{SUBSET_NAME}/{SUBSET_NAME}.text.tokens", tmp_path / "copy.text.tokens")
+
+    def config(**overrides):
+        return PluginConfig(
+            model="MeanFeatureRec", dataset=SUBSET_NAME,
+            config_dict=subset_config_dict(
+                subset_data_path, tmp_path, save_dataset=True, modalities=["text"],
+                modality_files={"text": str(features)}, **overrides,
+            ),
+        )
+
+    first = create_dataset(config())
+    (saved,) = (tmp_path / "saved").iterdir()
+    assert saved.name == f"{SUBSET_NAME}-MultiModalSequentialDataset.pth"
+    features.unlink()  # from now on only a reused dataset can have text features
+    reused = create_dataset(config())
+    assert torch.equal(reused.item_feature_table("text"), first.item_feature_table("text"))
+    with pytest.raises(FeatureFileError, match="missing feature matrix"):
+        create_dataset(config(missing_feature_policy="zero"))  # a changed key means rebuild

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from recbole_mmm4rec.data import read_item_features
+from recbole_mmm4rec.data.features import default_mode
 from recbole_mmm4rec.dataset_scripts import ml100k_mm
 from recbole_mmm4rec.quick_start import ensure_dataset_files
 
@@ -87,6 +88,17 @@ def test_dataset_is_built_on_first_use_only(ml100k_mm_dir, tmp_path, monkeypatch
     assert len(built) == 1
     assert sorted(os.listdir(tmp_path)) == ["ml-100k-mm"]  # no staging folder left behind
     assert os.path.isfile(tmp_path / "ml-100k-mm" / "ml-100k-mm.text.npy")
+    assert os.stat(tmp_path / "ml-100k-mm").st_mode & 0o777 == default_mode(0o777)
+
+
+def test_existing_folder_without_the_dataset_is_left_alone(tmp_path):
+    folder = tmp_path / "ml-100k-mm"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    config = {"data_path": str(folder), "dataset": "ml-100k-mm", "benchmark_filename": None}
+    with pytest.raises(FileExistsError, match="exists but holds no ml-100k-mm.inter"):
+        ensure_dataset_files(config)
+    assert os.listdir(folder) == ["notes.txt"] and (folder / "notes.txt").read_text() == "mine"
 
 
 def _copy(source, folder):

@@ -1,12 +1,15 @@
 """A deliberately small plugin model for testing the registry and the data plumbing."""
 from __future__ import annotations
 
-import torch
+import os
+
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
 from recbole_mmm4rec.blocks import ItemFeatureTable
+
+CONFIG_FILE = os.path.join(os.path.dirname(__file__), "tiny_model.yaml")
 
 
 class MeanFeatureRec(SequentialRecommender):

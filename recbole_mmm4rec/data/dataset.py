@@ -6,7 +6,7 @@ import os
 import numpy as np
 import torch
 from recbole.data.dataset import SequentialDataset
-from recbole.utils import set_color
+from recbole.utils import FeatureType, set_color
 
 from recbole_mmm4rec.data.features import (
     FeatureFileError,
@@ -16,10 +16,20 @@ from recbole_mmm4rec.data.features import (
 )
 
 
+# The config keys of this class; RecBole must rebuild a saved dataset when one changes.
+DATASET_KEYS = [
+    "modalities",
+    "modality_files",
+    "modality_dims",
+    "missing_feature_policy",
+    "unknown_feature_tokens",
+]
+
+
 class MultiModalSequentialDataset(SequentialDataset):
     """A :class:`~recbole.data.dataset.SequentialDataset` that attaches item features.
 
-    Config keys (see ``properties/dataset/multimodal.yaml``):
+    Config keys (defaults and comments in ``properties/overall.yaml``):
 
     * ``modalities`` (list of str): the modalities to attach, e.g. ``[text, image]``.
     * ``modality_files`` (dict, optional): modality -> ``path.npy`` (tokens in ``path.tokens``)
@@ -35,7 +45,9 @@ class MultiModalSequentialDataset(SequentialDataset):
     """
 
     def __init__(self, config):
-        self.modalities: list[str] = list(config["modalities"] or [])
+        modalities = config["modalities"] or []
+        # `--modalities=text` arrives as a string, not a list.
+        self.modalities: list[str] = [modalities] if isinstance(modalities, str) else list(modalities)
         self.item_features: dict[str, torch.Tensor] = {}
         self.item_feature_masks: dict[str, torch.Tensor] = {}
         self.missing_feature_policies: dict[str, str] = {}
@@ -104,7 +116,11 @@ class MultiModalSequentialDataset(SequentialDataset):
     def _dataframe_to_interaction(self, data):
         interaction = super()._dataframe_to_interaction(data)
         # float32 rounds Unix timestamps to ~64 s; time-aware models need exact gaps.
-        if self.time_field in data and self.time_field in interaction:
+        if (
+            self.time_field in data
+            and self.field2type[self.time_field] == FeatureType.FLOAT
+            and self.time_field not in self.config["numerical_features"]
+        ):
             interaction.interaction[self.time_field] = torch.from_numpy(
                 data[self.time_field].to_numpy(dtype=np.float64)
             )

@@ -38,6 +38,13 @@ def _examples(values: Sequence, limit: int = 5) -> str:
     return shown + (", ..." if len(values) > limit else "")
 
 
+def default_mode(base: int) -> int:
+    """The mode a plain open() (0o666) or mkdir() (0o777) would give under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 def _atomic_write(path: str, write) -> None:
     """Write through a temporary file in the same folder, then rename: never a half file."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -46,10 +53,7 @@ def _atomic_write(path: str, write) -> None:
     try:
         with os.fdopen(handle, "wb") as f:
             write(f)
-        # mkstemp creates 0600; give the file the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
+        os.chmod(temporary, default_mode(0o666))  # mkstemp creates 0600
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
@@ -60,6 +64,8 @@ def write_item_features(features_path: str, tokens: Sequence[str], matrix: np.nd
     """Write a feature matrix and its row tokens in the format :func:`read_item_features` reads."""
     matrix = np.asarray(matrix)
     tokens = [str(t) for t in tokens]
+    if not np.issubdtype(matrix.dtype, np.floating):
+        raise FeatureFileError(f"{features_path}: expected float values, got dtype {matrix.dtype}")
     if matrix.ndim != 2 or matrix.shape[0] != len(tokens):
         raise FeatureFileError(
             f"{features_path}: expected a (rows, dim) matrix with one row per token, "
@@ -105,7 +111,10 @@ def read_item_features(
             f"found {matrix.shape[1]}"
         )
     with open(tokens_path, encoding="utf-8") as f:
-        tokens = f.read().splitlines()
+        # Split on "\n" only: str.splitlines() also splits on \x85, \u2028, ... inside tokens.
+        tokens = f.read().split("\n")
+    if tokens and tokens[-1] == "":
+        tokens.pop()
     if len(tokens) != matrix.shape[0]:
         raise FeatureFileError(
             f"{tokens_path}: expected {matrix.shape[0]} tokens, one per row of {features_path}, "
