@@ -49,6 +49,7 @@ setup(
         "recbole_mmm4rec",
         "recbole_mmm4rec.data",
         "recbole_mmm4rec.blocks",
+        "recbole_mmm4rec.kernels",
         "recbole_mmm4rec.properties",
         "recbole_mmm4rec.dataset_scripts",
     ],
