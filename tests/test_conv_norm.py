@@ -1,0 +1,47 @@
+"""Depthwise causal conv and gated RMSNorm against their references and definitions."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_mmm4rec.kernels import causal_conv1d, causal_conv1d_reference, gated_rms_norm
+
+
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_causal_conv_matches_reference_and_is_causal(activation, with_bias):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, 11, generator=g, dtype=torch.float64)
+    weight = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    bias = torch.randn(6, generator=g, dtype=torch.float64) if with_bias else None
+    y = causal_conv1d(x, weight, bias, activation)
+    torch.testing.assert_close(y, causal_conv1d_reference(x, weight, bias, activation))
+    later = x.clone()
+    later[..., 7:] += 3.0
+    torch.testing.assert_close(causal_conv1d(later, weight, bias, activation)[..., :7], y[..., :7])
+    channel = x.clone()
+    channel[:, 2] += 3.0
+    changed = causal_conv1d(channel, weight, bias, activation)
+    torch.testing.assert_close(changed[:, [0, 1, 3, 4, 5]], y[:, [0, 1, 3, 4, 5]])  # depthwise
+
+
+def test_causal_conv_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="activation must be one of"):
+        causal_conv1d(torch.zeros(1, 2, 3), torch.zeros(2, 4), activation="hardswish")
+    with pytest.raises(ValueError, match="x has 3 channels, weight has 2"):
+        causal_conv1d(torch.zeros(1, 3, 3), torch.zeros(2, 4))
+
+
+def test_gated_rms_norm_definition():
+    g = torch.Generator().manual_seed(1)
+    x, z = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    weight = torch.randn(8, generator=g)
+    gated = x * F.silu(z)
+    expected = gated / torch.sqrt(gated.pow(2).mean(-1, keepdim=True) + 1e-6) * weight
+    torch.testing.assert_close(gated_rms_norm(x, weight, z), expected)
+    halves = torch.cat([gated_rms_norm(x[..., :4], weight[:4], z[..., :4]), gated_rms_norm(x[..., 4:], weight[4:], z[..., 4:])], -1)
+    torch.testing.assert_close(gated_rms_norm(x, weight, z, group_size=4), halves)
+    torch.testing.assert_close(gated_rms_norm(x, weight), x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight)
+    with pytest.raises(ValueError, match="group_size 3 must divide the last dimension 8"):
+        gated_rms_norm(x, weight, z, group_size=3)
