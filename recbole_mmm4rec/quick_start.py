@@ -77,6 +77,11 @@ def create_dataset(config: Config) -> Dataset:
     ensure_dataset_files(config)
     plugin = registry.get_plugin(config["model"])
     if plugin is None:
+        if config["modalities"]:
+            getLogger().warning(
+                f"{config['model']} is a RecBole built-in model: it trains on the interactions "
+                f"only; modalities {config['modalities']} are not loaded (plugin models use them)"
+            )
         return recbole_create_dataset(config)
     # RecBole's rule: reuse a saved dataset whose dataset arguments are unchanged.
     default_file = os.path.join(

@@ -117,11 +117,12 @@ def test_missing_feature_policies(subset_data_path, tmp_path):
         (lambda t, m: (t, m[:, :100]), "expected feature dimension 384 .modality_dims., found 100"),
         (lambda t, m: (t, np.where(np.arange(len(t))[:, None] == 7, np.nan, m)), r"1 rows hold NaN .* rows 7 .*tokens '8'"),
         (lambda t, m: (t[:-1] + ["no-such-movie"], m), r"1 of 1682 row tokens are not items.*'no-such-movie'"),
-        (lambda t, m: (t[:-1] + [t[0]], m), r"tokens name more than one row, e\.g\. '1'"),
+        (lambda t, m: (t[:-1] + [t[0]], m), r"token\(s\) name more than one row, e\.g\. '1'"),
+        (lambda t, m: (t[:5] + [""] + t[6:], m), r"bad\.tokens: empty token on line\(s\) 6"),
         (lambda t, m: (t, m.astype(np.int32)), "expected float values, found dtype int32"),
         (lambda t, m: (t, m[None]), r"expected a 2-D \(rows, dim\) array, found shape \(1, 1682, 384\)"),
     ],
-    ids=["dimension", "nan", "unknown-token", "duplicate-token", "int-dtype", "not-2d"],
+    ids=["dimension", "nan", "unknown-token", "duplicate-token", "empty-token", "int-dtype", "not-2d"],
 )
 def test_bad_feature_files_name_the_file_and_the_expectation(subset_data_path, tmp_path, corrupt, message):
     tokens, matrix = original_features(subset_data_path, "text")
@@ -136,6 +137,9 @@ def test_bad_feature_files_name_the_file_and_the_expectation(subset_data_path, t
 
 def test_row_count_mismatch_and_missing_files(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((3, 4), dtype=np.float32))
+    (tmp_path / "x.tokens").write_text("a\nb\nc\n\n")
+    with pytest.raises(FeatureFileError, match=r"x\.tokens: line 4 is an empty token \(a blank line at the end\?\)"):
+        read_item_features(str(tmp_path / "x.npy"))
     (tmp_path / "x.tokens").write_text("a\nb\n")
     with pytest.raises(FeatureFileError, match=r"x\.tokens: expected 3 tokens, one per row of .*x\.npy, found 2"):
         read_item_features(str(tmp_path / "x.npy"))

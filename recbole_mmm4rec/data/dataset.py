@@ -100,7 +100,7 @@ class MultiModalSequentialDataset(SequentialDataset):
             self.field2token_id[self.iid_field],
             raw_item_tokens,
             policy,
-            source=features_path,
+            source=tokens_path,
             ignore_unknown_tokens=self._ignore_unknown_tokens(),
         )
         self.item_features[modality] = torch.from_numpy(aligned.table)

@@ -115,16 +115,21 @@ def read_item_features(
         tokens = f.read().split("\n")
     if tokens and tokens[-1] == "":
         tokens.pop()
+    if tokens and tokens[-1].strip() == "" and len(tokens) == matrix.shape[0] + 1:
+        raise FeatureFileError(f"{tokens_path}: line {len(tokens)} is an empty token (a blank line at the end?)")
     if len(tokens) != matrix.shape[0]:
         raise FeatureFileError(
             f"{tokens_path}: expected {matrix.shape[0]} tokens, one per row of {features_path}, "
             f"found {len(tokens)}"
         )
+    empty_lines = [i + 1 for i, token in enumerate(tokens) if not token.strip()]
+    if empty_lines:
+        raise FeatureFileError(f"{tokens_path}: empty token on line(s) {_examples(empty_lines)}")
     unique, counts = np.unique(np.asarray(tokens, dtype=object), return_counts=True)
     duplicated = unique[counts > 1]
     if len(duplicated):
         raise FeatureFileError(
-            f"{tokens_path}: {len(duplicated)} tokens name more than one row, e.g. {_examples(duplicated)}"
+            f"{tokens_path}: {len(duplicated)} token(s) name more than one row, e.g. {_examples(duplicated)}"
         )
     finite_rows = np.isfinite(matrix).all(axis=1)
     if not finite_rows.all():
@@ -163,7 +168,7 @@ def align_item_features(
             token is outside both this and ``token_to_id`` is an error (wrong file or field).
         policy: one of :data:`MISSING_FEATURE_POLICIES`. ``learned`` leaves missing rows at
             zero: the model replaces them with a trained vector using ``has_feature``.
-        source: the file name used in error messages.
+        source: the file named in error messages (the .tokens file: errors are about tokens).
         ignore_unknown_tokens: skip rows of tokens the dataset never had instead of raising
             (for a feature file computed over a larger item catalogue).
     """
