@@ -116,6 +116,14 @@ def _callable_objects() -> tuple:
     return tuple(objects)
 
 
+def _may_hold_allowed_class(module: str, full_name: str) -> bool:
+    return (
+        full_name in _TRUSTED_CLASSES
+        or full_name in _CLASS_GLOBALS
+        or module.startswith(_CLASS_MODULE_PREFIXES)
+    )
+
+
 def _allowed_class(module: str, name: str, obj: Any) -> bool:
     if not isinstance(obj, type):
         return False
@@ -134,10 +142,13 @@ class _RestrictedUnpickler(pickle._Unpickler):
         full_name = f"{module}.{name}"
         if full_name in _CALLABLE_GLOBALS:
             return super().find_class(module, name)
-        try:
-            obj = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            obj = None
+        obj = None
+        # Never import a module the allow-lists do not name: importing runs its code.
+        if _may_hold_allowed_class(module, full_name):
+            try:
+                obj = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):
+                pass
         if not _allowed_class(module, name, obj):
             raise UntrustedCheckpointError(
                 f"the checkpoint references {full_name}, which RecBole and recbole_mmm4rec "

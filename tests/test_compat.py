@@ -95,6 +95,20 @@ def test_attacks_are_refused_without_running_anything(tmp_path):
         assert not marker.exists(), path.name
 
 
+def test_modules_outside_the_allow_lists_are_never_imported(tmp_path, monkeypatch):
+    module_file = tmp_path / "side_effect_module.py"
+    module_file.write_text(f"import pathlib\npathlib.Path({str(tmp_path / 'imported')!r}).touch()\nclass Thing: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "import.pth"
+    path.write_bytes(
+        pickle.PROTO + bytes([4]) + _short_string("side_effect_module") + _short_string("Thing")
+        + pickle.STACK_GLOBAL + pickle.STOP
+    )
+    with pytest.raises(compat.UntrustedCheckpointError, match="references side_effect_module.Thing"):
+        compat.load_checkpoint(path)
+    assert not (tmp_path / "imported").exists()
+
+
 def test_the_stack_trick_really_runs_code_when_trusted(tmp_path):
     """Guards the attack test above: the crafted pickle is a working exploit."""
     marker = tmp_path / "pwned"
