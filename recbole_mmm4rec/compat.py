@@ -116,23 +116,6 @@ def _callable_objects() -> tuple:
     return tuple(objects)
 
 
-def _may_hold_allowed_class(module: str, full_name: str) -> bool:
-    return (
-        full_name in _TRUSTED_CLASSES
-        or full_name in _CLASS_GLOBALS
-        or module.startswith(_CLASS_MODULE_PREFIXES)
-    )
-
-
-def _allowed_class(module: str, name: str, obj: Any) -> bool:
-    if not isinstance(obj, type):
-        return False
-    if f"{module}.{name}" in _TRUSTED_CLASSES or f"{module}.{name}" in _CLASS_GLOBALS:
-        return True
-    # The class must live where the pickle says, not be re-exported from a trusted module.
-    return obj.__module__ == module and module.startswith(_CLASS_MODULE_PREFIXES)
-
-
 class _RestrictedUnpickler(pickle._Unpickler):
     """Python's unpickler with every way of reaching or calling code put behind allow-lists."""
 
@@ -142,19 +125,21 @@ class _RestrictedUnpickler(pickle._Unpickler):
         full_name = f"{module}.{name}"
         if full_name in _CALLABLE_GLOBALS:
             return super().find_class(module, name)
-        obj = None
+        named = full_name in _TRUSTED_CLASSES or full_name in _CLASS_GLOBALS
         # Never import a module the allow-lists do not name: importing runs its code.
-        if _may_hold_allowed_class(module, full_name):
+        if named or module.startswith(_CLASS_MODULE_PREFIXES):
             try:
-                obj = getattr(importlib.import_module(module), name)
-            except (ImportError, AttributeError):
-                pass
-        if not _allowed_class(module, name, obj):
-            raise UntrustedCheckpointError(
-                f"the checkpoint references {full_name}, which RecBole and recbole_mmm4rec "
-                "checkpoints never contain"
-            )
-        return obj
+                obj = getattr(importlib.import_module(module), name, None)
+            except ImportError:
+                obj = None
+            # A class named outright, or one that lives where the pickle says (not a class
+            # re-exported from a trusted module).
+            if isinstance(obj, type) and (named or obj.__module__ == module):
+                return obj
+        raise UntrustedCheckpointError(
+            f"the checkpoint references {full_name}, which RecBole and recbole_mmm4rec "
+            "checkpoints never contain"
+        )
 
     def load_reduce(self) -> None:
         args = self.stack.pop()
