@@ -48,6 +48,7 @@ setup(
     packages=[
         "recbole_mmm4rec",
         "recbole_mmm4rec.data",
+        "recbole_mmm4rec.model",
         "recbole_mmm4rec.blocks",
         "recbole_mmm4rec.kernels",
         "recbole_mmm4rec.properties",

@@ -18,6 +18,9 @@ RecBole's own: the anomaly mode its import sets, and its list of dataset argumen
 3. RecBole reuses a saved dataset or saved dataloaders when the keys in its
    ``dataset_arguments`` list are unchanged; :func:`register_dataset_arguments` adds this
    package's dataset keys to that list, so changing them rebuilds instead of reusing stale data.
+4. RecBole's trainer knows adam, adamw, sgd, adagrad, rmsprop and sparse_adam, and silently
+   falls back to Adam for any other ``learner``; :func:`compatible_trainer` adds ``nadam``, the
+   optimiser MMM4Rec's paper trains with.
 """
 from __future__ import annotations
 
@@ -240,11 +243,24 @@ class _CheckpointReloadMixin:
         )
 
 
+class _ExtraLearnersMixin:
+    """``learner: nadam`` (torch.optim.NAdam); every other learner is RecBole's."""
+
+    def _build_optimizer(self, **kwargs):
+        if kwargs.get("learner", self.learner).lower() != "nadam":
+            return super()._build_optimizer(**kwargs)
+        return torch.optim.NAdam(
+            kwargs.get("params", self.model.parameters()),
+            lr=kwargs.get("learning_rate", self.learning_rate),
+            weight_decay=kwargs.get("weight_decay", self.weight_decay),
+        )
+
+
 _COMPATIBLE_TRAINERS: dict[type, type] = {}
 
 
 def compatible_trainer(trainer_class: type) -> type:
-    """``trainer_class`` with checkpoint reloads that work under torch >= 2.6.
+    """``trainer_class`` with checkpoint reloads that work under torch >= 2.6, and NAdam.
 
     Trainers outside RecBole's ``Trainer`` hierarchy (decision trees, traditional models) do not
     reload torch checkpoints and are returned unchanged.
@@ -255,6 +271,6 @@ def compatible_trainer(trainer_class: type) -> type:
         return trainer_class
     if trainer_class not in _COMPATIBLE_TRAINERS:
         _COMPATIBLE_TRAINERS[trainer_class] = type(
-            trainer_class.__name__, (_CheckpointReloadMixin, trainer_class), {}
+            trainer_class.__name__, (_CheckpointReloadMixin, _ExtraLearnersMixin, trainer_class), {}
         )
     return _COMPATIBLE_TRAINERS[trainer_class]

@@ -12,6 +12,7 @@ from typing import Callable
 
 from recbole_mmm4rec import compat
 from recbole_mmm4rec.data import MultiModalSequentialDataset
+from recbole_mmm4rec.model import MMM4Rec
 
 PROPERTIES_DIR = os.path.dirname(importlib.import_module("recbole_mmm4rec.properties").__file__)
 
@@ -89,3 +90,6 @@ def dataset_builder(name: str) -> Callable[[str], None] | None:
         return None
     module_name, function_name = target.split(":")
     return getattr(importlib.import_module(module_name), function_name)
+
+
+register_model(MMM4Rec)

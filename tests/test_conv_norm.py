@@ -6,14 +6,16 @@ import torch
 import torch.nn.functional as F
 
 from recbole_mmm4rec.kernels import causal_conv1d, causal_conv1d_reference, gated_rms_norm
+from recbole_mmm4rec.kernels.conv import MATMUL_MAX_LENGTH
 
 
 @pytest.mark.parametrize("activation", [None, "silu"])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_causal_conv_matches_reference_and_is_causal(activation, with_bias):
+@pytest.mark.parametrize("width", [4, 20])
+def test_causal_conv_matches_reference_and_is_causal(activation, with_bias, width):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 6, 11, generator=g, dtype=torch.float64)
-    weight = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    weight = torch.randn(6, width, generator=g, dtype=torch.float64)
     bias = torch.randn(6, generator=g, dtype=torch.float64) if with_bias else None
     y = causal_conv1d(x, weight, bias, activation)
     torch.testing.assert_close(y, causal_conv1d_reference(x, weight, bias, activation))
@@ -24,6 +26,22 @@ def test_causal_conv_matches_reference_and_is_causal(activation, with_bias):
     channel[:, 2] += 3.0
     changed = causal_conv1d(channel, weight, bias, activation)
     torch.testing.assert_close(changed[:, [0, 1, 3, 4, 5]], y[:, [0, 1, 3, 4, 5]])  # depthwise
+
+
+@pytest.mark.parametrize("length", [MATMUL_MAX_LENGTH, MATMUL_MAX_LENGTH + 1])
+def test_causal_conv_both_paths_match_reference_with_gradients(length):
+    """Short sequences run as a banded matmul, long ones through conv1d: same values and gradients."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 5, length, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 5, length, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((causal_conv1d(x, weight, bias, "silu") * upstream).sum(), (x, weight, bias))
+    expected = torch.autograd.grad(
+        (causal_conv1d_reference(x, weight, bias, "silu") * upstream).sum(), (x, weight, bias)
+    )
+    for grad, reference in zip(grads, expected):
+        torch.testing.assert_close(grad, reference)
 
 
 def test_causal_conv_rejects_bad_arguments():

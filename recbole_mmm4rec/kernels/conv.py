@@ -6,6 +6,20 @@ import torch.nn.functional as F
 
 ACTIVATIONS = {None: lambda t: t, "silu": F.silu}
 
+# Up to this length the convolution runs as a batched matmul with a banded (l, l) matrix per
+# channel: 2.5-3x faster than the CPU depthwise conv1d (its backward especially) at l=20, and
+# the (d, l, l) matrix stays small. Longer sequences use conv1d, whose cost is linear in l.
+MATMUL_MAX_LENGTH = 64
+
+
+def _banded(weight: torch.Tensor, length: int) -> torch.Tensor:
+    """(d, k) taps -> (d, l, l) matrix M with M[c, t, s] = weight[c, k-1-(t-s)] for 0 <= t-s < k."""
+    width = weight.shape[1]
+    positions = torch.arange(length, device=weight.device)
+    lag = positions.unsqueeze(1) - positions.unsqueeze(0)  # t - s
+    in_band = (lag >= 0) & (lag < width)
+    return weight[:, (width - 1 - lag).clamp(0, width - 1)] * in_band
+
 
 def causal_conv1d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None
@@ -25,7 +39,13 @@ def causal_conv1d(
     channels, width = weight.shape
     if x.shape[1] != channels:
         raise ValueError(f"causal_conv1d: x has {x.shape[1]} channels, weight has {channels}")
-    out = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias, groups=channels)
+    length = x.shape[-1]
+    if length <= MATMUL_MAX_LENGTH:
+        out = torch.einsum("bcs,cts->bct", x, _banded(weight, length))
+        if bias is not None:
+            out = out + bias.unsqueeze(-1)
+    else:
+        out = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias, groups=channels)
     return ACTIVATIONS[activation](out)
 
 

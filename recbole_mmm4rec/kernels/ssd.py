@@ -46,8 +46,9 @@ def _discretize(
         delta = F.softplus(delta)
     log_decay = delta * A
     x_scaled = x * delta.unsqueeze(-1)
-    B = B.repeat_interleave(heads // groups, dim=2)
-    C = C.repeat_interleave(heads // groups, dim=2)
+    if groups != heads:
+        B = B.repeat_interleave(heads // groups, dim=2)
+        C = C.repeat_interleave(heads // groups, dim=2)
     return delta, log_decay, x_scaled, B, C
 
 
@@ -108,8 +109,22 @@ def ssd_scan(
 
     # 1. Inside each chunk: the quadratic (attention-like) form.
     within = torch.exp(segment_sum(a_c))  # (b, h, c, s, s)
-    y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", C_c, B_c, within, x_c)
+    scores = torch.einsum("bclhn,bcshn->bhcls", C_c, B_c) * within
+    y = torch.einsum("bhcls,bcshp->bclhp", scores, x_c)
+    if chunks > 1:
+        y = y + _incoming_state_outputs(x_c, B_c, C_c, a_cumsum)
+    y = y.reshape(batch, chunks * chunk_size, heads, head_dim)[:, :length]
+    return _finish(y, x, D, z)
 
+
+def _incoming_state_outputs(
+    x_c: torch.Tensor, B_c: torch.Tensor, C_c: torch.Tensor, a_cumsum: torch.Tensor
+) -> torch.Tensor:
+    """What the states carried in from earlier chunks add to each step (ssd_scan's steps 2-4).
+
+    x_c (b, c, s, h, p), B_c and C_c (b, c, s, h, n), a_cumsum (b, h, c, s) -> (b, c, s, h, p).
+    The first chunk receives a zero state, so a single chunk needs none of this.
+    """
     # 2. The state each chunk leaves behind, from its own inputs.
     decay_to_end = torch.exp(a_cumsum[..., -1:] - a_cumsum)  # (b, h, c, s)
     chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B_c, decay_to_end, x_c)
@@ -120,10 +135,7 @@ def ssd_scan(
     states_in = torch.einsum("bhzc,bchpn->bzhpn", across, chunk_states)[:, :-1]
 
     # 4. What the incoming state contributes to each step of the chunk.
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C_c, states_in, torch.exp(a_cumsum))
-
-    y = (y_diag + y_off).reshape(batch, chunks * chunk_size, heads, head_dim)[:, :length]
-    return _finish(y, x, D, z)
+    return torch.einsum("bclhn,bchpn,bhcl->bclhp", C_c, states_in, torch.exp(a_cumsum))
 
 
 def ssd_sequential(

@@ -1,0 +1,163 @@
+"""TimeAwareSSD: the TiSSD block of MMM4Rec and, with a condition stream, its Cross-SSD block.
+
+A Mamba-2 mixer whose step size dt is modulated by the time channel::
+
+    self  (TiSSD):     z, x, B, C, dt from the input stream
+    cross (Cross-SSD): x, B, dt from the input stream (text); C from the condition stream;
+                       z from input + condition
+
+    xBC  = SiLU(causal_conv(xBC))                 depthwise over positions
+    dt   = dt * time_dt                           time_dt from the time path (if any)
+    y    = SSD(x, softplus(dt + dt_bias), A, B, C) + D * x        D skip on the raw x
+    out  = out_proj(rms_norm(y * silu(z)) * w)
+
+Padding is zeroed at the input and after the convolution, so a padding position contributes
+nothing to the state: outputs at real positions are the same however much padding precedes or
+follows them. The kernels (SSD scan, causal conv, gated RMSNorm) are called here and nowhere
+else in the model, so a faster implementation is swapped in at ``recbole_mmm4rec.kernels``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from recbole_mmm4rec.blocks.time_channel import TimeModulation, masked_causal_conv
+from recbole_mmm4rec.kernels import gated_rms_norm, ssd_scan
+
+
+def ssd_dimensions(hidden_size: int, expand: int, head_dim: int, n_groups: int) -> tuple[int, int]:
+    """(inner size, number of heads), or a ValueError naming the config keys to fix."""
+    inner_size = expand * hidden_size
+    if inner_size % head_dim:
+        raise ValueError(
+            f"MMM4Rec: expand * hidden_size = {expand} * {hidden_size} = {inner_size} is not divisible "
+            f"by head_dim = {head_dim}; change hidden_size, expand or head_dim"
+        )
+    heads = inner_size // head_dim
+    if heads % n_groups:
+        raise ValueError(
+            f"MMM4Rec: n_groups = {n_groups} must divide the number of heads "
+            f"(expand * hidden_size / head_dim = {heads}); change n_groups or head_dim"
+        )
+    return inner_size, heads
+
+
+class TimeAwareSSD(nn.Module):
+    """One TiSSD (``cross=False``) or Cross-SSD (``cross=True``) mixer.
+
+    Args:
+        hidden_size: size of the streams.
+        expand: inner size = expand * hidden_size.
+        head_dim: channels per head (p); heads = inner size / head_dim.
+        d_state: state size per group (n).
+        n_groups: groups of B and C shared by heads (g divides heads).
+        conv_width: taps of the depthwise causal convs.
+        max_seq_length: the longest history (taps of the time path's position mixers).
+        chunk_size: SSD scan chunk.
+        cross: C and z from a condition stream.
+        time_channel: modulate dt by the time channel (False: dt unchanged, no time path).
+        layer_norm_eps: epsilon of the time path's LayerNorm.
+        rms_norm_eps: epsilon of the gated RMSNorm.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        expand: int,
+        head_dim: int,
+        d_state: int,
+        n_groups: int,
+        conv_width: int,
+        max_seq_length: int,
+        chunk_size: int,
+        cross: bool = False,
+        time_channel: bool = True,
+        layer_norm_eps: float = 1e-12,
+        rms_norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.inner_size, self.heads = ssd_dimensions(hidden_size, expand, head_dim, n_groups)
+        self.head_dim, self.n_groups, self.d_state = head_dim, n_groups, d_state
+        self.chunk_size, self.cross, self.rms_norm_eps = chunk_size, cross, rms_norm_eps
+        state_size = n_groups * d_state
+        conv_channels = self.inner_size + 2 * state_size  # x, B, C
+        if cross:
+            self.in_proj = nn.Linear(hidden_size, self.inner_size + state_size + self.heads, bias=False)
+            self.c_proj = nn.Linear(hidden_size, state_size, bias=False)
+            self.z_proj = nn.Linear(hidden_size, self.inner_size, bias=False)
+        else:
+            self.in_proj = nn.Linear(hidden_size, 2 * self.inner_size + 2 * state_size + self.heads, bias=False)
+        conv_bound = 1 / math.sqrt(conv_width)  # nn.Conv1d's initial range
+        self.conv_weight = nn.Parameter(torch.empty(conv_channels, conv_width).uniform_(-conv_bound, conv_bound))
+        self.conv_bias = nn.Parameter(torch.empty(conv_channels).uniform_(-conv_bound, conv_bound))
+        # Mamba-2's initialisation: A in [1, 16], step sizes log-uniform in [1e-3, 1e-1].
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.heads).uniform_(1, 16)))
+        initial_dt = torch.exp(torch.empty(self.heads).uniform_(math.log(1e-3), math.log(1e-1)))
+        self.dt_bias = nn.Parameter(initial_dt + torch.log(-torch.expm1(-initial_dt)))  # softplus^-1
+        self.D = nn.Parameter(torch.ones(self.heads))
+        self.norm_weight = nn.Parameter(torch.ones(self.inner_size))
+        self.out_proj = nn.Linear(self.inner_size, hidden_size, bias=False)
+        self.time_path = (
+            TimeModulation(self.heads, max_seq_length, conv_width, layer_norm_eps, update_channel=not cross)
+            if time_channel
+            else None
+        )
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor,
+        time_channel: torch.Tensor | None,
+        condition: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mix one stream over positions.
+
+        Args:
+            hidden: (b, l, hidden_size) input stream (text for the Cross-SSD).
+            mask: (b, l) bool, True at real positions.
+            time_channel: (b, l, heads), or None when the block has no time path.
+            condition: (b, l, hidden_size) condition stream; required iff ``cross``.
+        Returns:
+            (b, l, hidden_size) output and the updated (b, l, heads) time channel; None without
+            a time path and for the Cross-SSD, whose input channel (the Fourier-fused one) is
+            what the next layer's second stream continues with.
+        """
+        if (condition is not None) != self.cross:
+            raise ValueError("TimeAwareSSD: a condition stream is required by, and only by, the Cross-SSD")
+        batch, length, _ = hidden.shape
+        mask_f = mask.unsqueeze(-1).to(hidden.dtype)
+        hidden = hidden * mask_f
+        state_size = self.n_groups * self.d_state
+        if self.cross:
+            condition = condition * mask_f
+            xB, dt = self.in_proj(hidden).split([self.inner_size + state_size, self.heads], dim=-1)
+            z = self.z_proj(hidden + condition)
+            xBC = torch.cat([xB, self.c_proj(condition)], dim=-1)
+        else:
+            z, xBC, dt = self.in_proj(hidden).split(
+                [self.inner_size, self.inner_size + 2 * state_size, self.heads], dim=-1
+            )
+        xBC = masked_causal_conv(
+            xBC.transpose(1, 2), self.conv_weight, self.conv_bias, mask_f.transpose(1, 2), "silu"
+        ).transpose(1, 2)
+        x, B, C = xBC.split([self.inner_size, state_size, state_size], dim=-1)
+
+        updated_time = None
+        if self.time_path is not None:
+            time_dt, updated_time = self.time_path(time_channel, mask)
+            dt = dt * time_dt
+        y = ssd_scan(
+            x.reshape(batch, length, self.heads, self.head_dim),
+            dt,
+            -torch.exp(self.A_log),
+            B.reshape(batch, length, self.n_groups, self.d_state),
+            C.reshape(batch, length, self.n_groups, self.d_state),
+            chunk_size=min(self.chunk_size, length),
+            D=self.D,
+            dt_bias=self.dt_bias,
+            dt_softplus=True,
+        ).reshape(batch, length, self.inner_size)
+        y = gated_rms_norm(y, self.norm_weight, z, eps=self.rms_norm_eps, group_size=self.inner_size // self.n_groups)
+        return self.out_proj(y), updated_time

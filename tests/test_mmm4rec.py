@@ -1,0 +1,285 @@
+"""MMM4Rec on real ml-100k-mm data: shapes, training, padding invariance, time causality, config errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from recbole.data import data_preparation
+from recbole.utils import get_trainer
+
+from recbole_mmm4rec import PluginConfig, compat, create_dataset, load_data_and_model, run_recbole
+from recbole_mmm4rec.blocks import TimeAwareSSD
+from recbole_mmm4rec.data.features import FeatureFileError
+from recbole_mmm4rec.model import MMM4Rec, TransferError, load_transferable
+from tests.conftest import SUBSET_NAME, subset_config_dict
+
+# Small but complete: 4 heads of 16 in 2 groups, several SSD chunks per sequence.
+SMALL = {
+    "hidden_size": 32,
+    "inner_size": 64,
+    "head_dim": 16,
+    "d_state": 8,
+    "n_groups": 2,
+    "chunk_size": 8,
+    "dropout_prob": 0.0,
+}
+
+
+def _config(data_path, tmp_path, **overrides) -> PluginConfig:
+    return PluginConfig(
+        model="MMM4Rec",
+        dataset=SUBSET_NAME,
+        config_dict=subset_config_dict(data_path, tmp_path, **{**SMALL, **overrides}),
+    )
+
+
+@pytest.fixture(scope="module")
+def prepared(subset_data_path, tmp_path_factory):
+    """(config, dataset, train_data) of the real subset, built once for the module."""
+    tmp_path = tmp_path_factory.mktemp("mmm4rec")
+    config = _config(subset_data_path, tmp_path)
+    dataset = create_dataset(config)
+    train_data, _, _ = data_preparation(config, dataset)
+    return config, dataset, train_data
+
+
+def _model(prepared, seed: int = 0, **overrides) -> MMM4Rec:
+    """A fresh model on the module's dataset, with config keys overridden for this model only."""
+    config, _, train_data = prepared
+    saved = {key: config[key] for key in overrides}
+    for key, value in overrides.items():
+        config[key] = value
+    try:
+        torch.manual_seed(seed)
+        return MMM4Rec(config, train_data._dataset)
+    finally:
+        for key, value in saved.items():
+            config[key] = value
+
+
+@pytest.fixture(scope="module")
+def batch(prepared):
+    """64 real training rows, with both full-length and shorter histories."""
+    _, _, train_data = prepared
+    interaction = next(iter(train_data))[torch.arange(64)]
+    lengths = interaction["item_length"]
+    assert (lengths == 20).any() and (lengths < 10).any()
+    return interaction
+
+
+def _with_extra_padding(interaction, extra: int) -> dict[str, torch.Tensor]:
+    """The rows' item and time histories with ``extra`` more padding positions after each."""
+    out = {}
+    for key in ("item_id_list", "timestamp_list"):
+        value = interaction[key]
+        out[key] = torch.cat([value, value.new_zeros(value.shape[0], extra)], dim=1)
+    return out
+
+
+def test_shapes_dtypes_and_padding_never_scored(prepared, batch):
+    _, dataset, _ = prepared
+    model = _model(prepared).eval()
+    with torch.no_grad():
+        user = model(batch["item_id_list"], batch["item_length"], batch["timestamp_list"])
+        scores = model.full_sort_predict(batch)
+        pointwise = model.predict(batch)
+        loss = model.calculate_loss(batch)
+    assert user.shape == (64, 32) and user.dtype == torch.float32
+    assert scores.shape == (64, dataset.item_num) and scores.dtype == torch.float32
+    assert pointwise.shape == (64,)
+    torch.testing.assert_close(pointwise, scores[torch.arange(64), batch["item_id"]])
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    # Static fusion of two cosine-normalised streams: |score| <= 2 |user| / temperature.
+    bound = 2 * user.norm(dim=-1, keepdim=True) / model.temperature
+    assert (scores.abs() <= bound + 1e-4).all()
+
+
+def test_loss_decreases_on_real_data(prepared, batch):
+    model = _model(prepared, dropout_prob=0.4)
+    optimizer = torch.optim.NAdam(model.parameters(), lr=3e-3)
+    model.eval()
+    with torch.no_grad():
+        before = model.calculate_loss(batch).item()
+    model.train()
+    for _ in range(15):
+        optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        after = model.calculate_loss(batch).item()
+    assert after < before - 0.5, (before, after)
+
+
+@pytest.mark.parametrize("fusion", ["static", "dynamic_shared", "dynamic_instance"])
+@pytest.mark.parametrize("use_item_id", [True, False])
+def test_gradients_reach_every_parameter(prepared, batch, fusion, use_item_id):
+    model = _model(prepared, fusion=fusion, use_item_id=use_item_id)
+    model.calculate_loss(batch).backward()
+    names = dict(model.named_parameters())
+    assert any("item_bias" in name for name in names) == use_item_id
+    assert ("fusion_logits" in names) == (fusion == "dynamic_shared")
+    assert ("fusion_item_logits.weight" in names) == (fusion == "dynamic_instance")
+    without_gradient = [n for n, p in names.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not without_gradient
+    # The TiSSD block is shared: the second stream uses the text layer's, not a copy.
+    assert model.fused_layers[0].own_ssd is None
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"time_channel": False},
+        {"fourier_filter": False},
+        {"share_tissd": False},
+        {"modality_streams": ["text"]},
+        {"modality_streams": ["kg", "text"]},
+        {"ce_candidates": "in_batch"},
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_ablation_switches_train_and_score(prepared, batch, overrides):
+    model = _model(prepared, **overrides)
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    with torch.no_grad():
+        assert torch.isfinite(model.eval().full_sort_predict(batch)).all()
+    if overrides.get("time_channel") is False:
+        assert not any("time_path" in name or "fourier" in name for name, _ in model.named_parameters())
+    if overrides.get("share_tissd") is False:
+        assert model.fused_layers[0].own_ssd is not None
+    if overrides.get("modality_streams") == ["text"]:
+        assert len(model.fused_layers) == 0
+
+
+@pytest.mark.parametrize("fusion", ["static", "dynamic_instance"])
+def test_user_vector_ignores_padding_and_the_rest_of_the_batch(prepared, batch, fusion):
+    model = _model(prepared, fusion=fusion).eval()
+    lengths = batch["item_length"]
+    with torch.no_grad():
+        reference = model(batch["item_id_list"], lengths, batch["timestamp_list"])
+        for extra in (5, 30):
+            padded = _with_extra_padding(batch, extra)
+            torch.testing.assert_close(
+                model(padded["item_id_list"], lengths, padded["timestamp_list"]), reference, rtol=1e-5, atol=1e-5
+            )
+        # Alone, in a reversed batch, or in a batch of other users: the same vector.
+        for row in (0, 7, 63):
+            alone = model(batch["item_id_list"][row : row + 1], lengths[row : row + 1], batch["timestamp_list"][row : row + 1])
+            torch.testing.assert_close(alone[0], reference[row], rtol=1e-5, atol=1e-5)
+        order = torch.arange(63, -1, -1)
+        reversed_users = model(batch["item_id_list"][order], lengths[order], batch["timestamp_list"][order])
+        torch.testing.assert_close(reversed_users, reference[order], rtol=1e-5, atol=1e-5)
+
+
+def test_outputs_ignore_padding_before_the_sequence(prepared, batch):
+    """Left padding (other pipelines) shifts the real positions but changes none of their outputs."""
+    model = _model(prepared).eval()
+    items, times = batch["item_id_list"], batch["timestamp_list"]
+    with torch.no_grad():
+        right = model.forward_sequence(items, times)
+        left = model.forward_sequence(
+            torch.cat([items.new_zeros(64, 7), items], 1), torch.cat([times.new_zeros(64, 7), times], 1)
+        )[:, 7:]
+    real = items > 0
+    torch.testing.assert_close(left[real], right[real], rtol=1e-5, atol=1e-5)
+
+
+def test_time_path_is_causal_and_does_matter(prepared, batch):
+    model = _model(prepared).eval()
+    # At initialisation the time path barely moves the outputs (dt is small, softplus is flat
+    # at Mamba's dt_bias, out_proj is small beside the residual); turn these up so that a
+    # change of time visibly propagates.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, TimeAwareSSD):
+                module.dt_bias.fill_(0.5)
+                module.in_proj.weight.mul_(20)
+                module.out_proj.weight.mul_(20)
+    full = batch["item_length"] == 20
+    items, times = batch["item_id_list"][full], batch["timestamp_list"][full].clone()
+    with torch.no_grad():
+        reference = model.forward_sequence(items, times)
+        for changed_from in (5, 12, 19):
+            later = times.clone()
+            later[:, changed_from:] += 86400.0 * 30  # a month later, from this position on
+            out = model.forward_sequence(items, later)
+            torch.testing.assert_close(out[:, :changed_from], reference[:, :changed_from], rtol=1e-5, atol=1e-5)
+            assert (out[:, changed_from] - reference[:, changed_from]).abs().max() > 1e-3  # noise: ~1e-6
+        # The target's own timestamp is no input at all.
+        rows = batch[torch.arange(64)]
+        scores = model.full_sort_predict(rows)
+        rows["timestamp"] = rows["timestamp"] + 86400.0 * 365
+        torch.testing.assert_close(model.full_sort_predict(rows), scores, rtol=0, atol=0)
+
+
+def test_in_batch_loss_masks_repeated_targets(prepared, batch):
+    model = _model(prepared, ce_candidates="in_batch").eval()
+    rows = batch[torch.tensor([0, 1, 2, 3])]
+    rows["item_id"] = torch.tensor([5, 9, 5, 11])  # rows 0 and 2 share their target
+    with torch.no_grad():
+        loss = model.calculate_loss(rows)
+        user = model(rows["item_id_list"], rows["item_length"], rows["timestamp_list"])
+        logits = model.score(user, rows["item_id"])
+    expected = []
+    for row, candidates in enumerate([[0, 1, 3], [0, 1, 2, 3], [1, 2, 3], [0, 1, 2, 3]]):
+        own = candidates.index(row)
+        expected.append(-torch.log_softmax(logits[row, candidates], dim=0)[own])
+    torch.testing.assert_close(loss, torch.stack(expected).mean())
+
+
+def test_config_errors_name_what_to_fix(prepared, subset_data_path, tmp_path):
+    with pytest.raises(ValueError, match="not divisible by head_dim"):
+        _model(prepared, hidden_size=30)
+    with pytest.raises(ValueError, match="n_groups = 3 must divide"):
+        _model(prepared, n_groups=3)
+    with pytest.raises(ValueError, match=r"names \['image'\], which dataset .* does not attach"):
+        _model(prepared, modality_streams=["text", "image"])
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        _model(prepared, fusion="late")
+    # A modality declared in the dataset YAML without its feature file.
+    config = _config(subset_data_path, tmp_path, modalities=["text", "image"])
+    with pytest.raises(FeatureFileError, match=r"ml-100k-mm-small\.image\.npy"):
+        create_dataset(config)
+
+
+def test_transfer_skips_item_tables_and_reports(prepared):
+    source = _model(prepared, seed=1, fusion="dynamic_instance")
+    target = _model(prepared, seed=2)
+    report = load_transferable(target, source.state_dict())
+    assert {k for k in report.skipped if "item_bias" in k} == {
+        "adapters.text.item_bias.weight",
+        "adapters.kg.item_bias.weight",
+    }
+    assert "fusion_item_logits.weight" in report.skipped
+    assert "text_layers.0.ssd.in_proj.weight" in report.loaded
+    torch.testing.assert_close(target.text_layers[0].ssd.A_log, source.text_layers[0].ssd.A_log)
+    assert not target.adapters["text"].item_bias.weight.abs().sum()  # kept its own (zero) table
+    assert "adapters.text.item_bias.weight" in report.kept_initial
+    assert "skipped adapters.kg.item_bias.weight: item-specific" in report.summary()
+
+    wider = _model(prepared, hidden_size=64, inner_size=128)
+    with pytest.raises(TransferError, match="text_layers.0.ssd.in_proj.weight: checkpoint"):
+        load_transferable(target, wider.state_dict())
+    with pytest.raises(TransferError, match="is this a checkpoint of another model"):
+        load_transferable(target, {"item_embedding.weight": torch.zeros(3, 32)})
+
+
+def test_trains_with_nadam_and_checkpoint_reload_gives_identical_scores(subset_data_path, tmp_path):
+    result = run_recbole(
+        model="MMM4Rec",
+        dataset=SUBSET_NAME,
+        config_dict=subset_config_dict(subset_data_path, tmp_path, **SMALL, epochs=2),
+    )
+    assert result["test_result"]["ndcg@10"] > 0
+    config, model, _, _, _, test_data = load_data_and_model(result["saved_model_file"])
+    trainer = compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"]))(config, model)
+    assert config["learner"] == "nadam" and isinstance(trainer.optimizer, torch.optim.NAdam)
+    # The reloaded model reproduces the run's own test metrics, and two reloads score alike.
+    assert dict(trainer.evaluate(test_data, load_best_model=False)) == dict(result["test_result"])
+    interaction = next(iter(test_data))[0]
+    _, reloaded, *_ = load_data_and_model(result["saved_model_file"])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded.eval().full_sort_predict(interaction), model.eval().full_sort_predict(interaction), rtol=0, atol=0
+        )
