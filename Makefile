@@ -15,8 +15,10 @@ $(STAMP): setup.py
 	$(BIN)/python -m pip check
 	touch $@
 
-# Builds ml-100k-mm on first use (dataset/ml-100k-mm), trains SASRec, prints the test table.
+# Builds ml-100k-mm on first use (dataset/ml-100k-mm), trains MMM4Rec then SASRec on the same
+# split and evaluator, prints each model's validation and test tables.
 demo: $(STAMP)
+	$(BIN)/run_recbole --model=MMM4Rec --dataset=ml-100k-mm --config_files=properties/quick_start/demo.yaml
 	$(BIN)/run_recbole --model=SASRec --dataset=ml-100k-mm --config_files=properties/quick_start/demo.yaml
 
 test: $(STAMP)

@@ -65,6 +65,10 @@ def run_recbole_main(argv: Sequence[str] | None = None) -> int:
     for title, metrics in (("best validation", result["best_valid_result"]), ("test", result["test_result"])):
         if metrics:  # None without validation data or with eval_step=0
             print(format_result_table(f"{args.model} on {args.dataset}: {title}", metrics))
+    print(
+        f"{args.model}: {result['parameters']:,} trainable parameters, {result['epochs_trained']} epochs "
+        f"(best validation at epoch {result['best_epoch']}), {result['seconds_per_epoch']:.1f} s/epoch"
+    )
     return 0
 
 

@@ -18,9 +18,9 @@ RecBole's own: the anomaly mode its import sets, and its list of dataset argumen
 3. RecBole reuses a saved dataset or saved dataloaders when the keys in its
    ``dataset_arguments`` list are unchanged; :func:`register_dataset_arguments` adds this
    package's dataset keys to that list, so changing them rebuilds instead of reusing stale data.
-4. RecBole's trainer knows adam, adamw, sgd, adagrad, rmsprop and sparse_adam, and silently
-   falls back to Adam for any other ``learner``; :func:`compatible_trainer` adds ``nadam``, the
-   optimiser MMM4Rec's paper trains with.
+4. RecBole's trainer knows adam, adamw, sgd, adagrad, rmsprop and sparse_adam, and falls back
+   to Adam without weight decay (with a warning) for any other ``learner``;
+   :func:`compatible_trainer` adds ``nadam``, the optimiser MMM4Rec's paper trains with.
 """
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import time
 from logging import getLogger
 from typing import Any, Sequence
 
@@ -108,6 +109,12 @@ def _build_model_and_trainer(config: Config, train_data) -> tuple[torch.nn.Modul
     return model, trainer_class
 
 
+def _last_evaluated_epoch(trainer) -> int:
+    """The last epoch RecBole evaluated: it evaluates after epochs e with (e + 1) % eval_step == 0."""
+    last_trained = max(trainer.train_loss_dict, default=-1)
+    return (last_trained + 1) // trainer.eval_step * trainer.eval_step - 1
+
+
 def run_recbole(
     model: str | type | None = None,
     dataset: str | None = None,
@@ -122,8 +129,10 @@ def run_recbole(
     overrides (the CLI passes its own); ``sys.argv`` is never read.
 
     Returns:
-        ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``, and
-        ``saved_model_file`` (the best checkpoint, when ``saved``).
+        ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
+        ``saved_model_file`` (the best checkpoint, when ``saved``), ``parameters`` (trainable),
+        ``epochs_trained``, ``best_epoch`` (0-based) and ``seconds_per_epoch`` (training and
+        validation wall time per epoch).
     """
     compat.import_recbole_models()
     config = PluginConfig(
@@ -150,9 +159,12 @@ def run_recbole(
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
     trainer = trainer_class(config, model)
+    started = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
+    fit_seconds = time.perf_counter() - started
+    epochs_trained = len(trainer.train_loss_dict)
     test_result = trainer.evaluate(
         test_data, load_best_model=saved, show_progress=config["show_progress"]
     )
@@ -169,6 +181,11 @@ def run_recbole(
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "saved_model_file": trainer.saved_model_file if saved else None,
+        "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "epochs_trained": epochs_trained,
+        # RecBole's own rule: the best evaluation lies cur_step evaluations before the last one.
+        "best_epoch": _last_evaluated_epoch(trainer) - trainer.cur_step * trainer.eval_step,
+        "seconds_per_epoch": fit_seconds / max(epochs_trained, 1),
     }
 
 

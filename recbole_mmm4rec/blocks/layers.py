@@ -59,9 +59,9 @@ class FeedForward(nn.Module):
 
 
 class TiSSDLayer(nn.Module):
-    """The text stream's layer: ``h = LN(dropout(TiSSD(x)) + x)``, then the FFN.
+    """The primary stream's layer (text in the paper): ``h = LN(dropout(TiSSD(x)) + x)``, then the FFN.
 
-    Its TiSSD block is also applied to the second modality by :class:`CoTiSSDLayer` when the
+    Its TiSSD block is also applied to the secondary stream by :class:`CoTiSSDLayer` when the
     model shares it (the paper's sequence-level cross-modal alignment).
     """
 
@@ -81,13 +81,13 @@ class TiSSDLayer(nn.Module):
 
 
 class CoTiSSDLayer(nn.Module):
-    """The second modality's layer, fused with the text stream.
+    """The secondary stream's layer (image in the paper), fused with the primary stream.
 
-    1. ``h_v = LN(dropout(TiSSD(x_v)) + x_v)`` with the text layer's TiSSD when shared (passed
-       to :meth:`forward`), else this layer's own.
+    1. ``h_v = LN(dropout(TiSSD(x_v)) + x_v)`` with the primary layer's TiSSD when shared
+       (passed to :meth:`forward`), else this layer's own.
     2. The two streams' time channels are fused by the dual-channel Fourier filter.
-    3. Cross-SSD: x, B, dt from the text stream, C from h_v, z from h_v + text, driven by the
-       fused time channel; ``LN(dropout(out) + h_v + text)``; the FFN.
+    3. Cross-SSD: x, B, dt from the primary stream, C from h_v, z from h_v + primary, driven by
+       the fused time channel; ``LN(dropout(out) + h_v + primary)``; the FFN.
 
     Args:
         own_ssd: this layer's TiSSD for the second modality, or None to use the shared one.
@@ -117,16 +117,16 @@ class CoTiSSDLayer(nn.Module):
     def forward(
         self,
         hidden: torch.Tensor,
-        text: torch.Tensor,
+        primary: torch.Tensor,
         mask: torch.Tensor,
         time_channel: torch.Tensor | None,
-        text_time_channel: torch.Tensor | None,
+        primary_time_channel: torch.Tensor | None,
         shared_ssd: TimeAwareSSD | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Fuse (b, l, d) ``hidden`` (second modality) with the (b, l, d) text layer output.
+        """Fuse (b, l, d) ``hidden`` (secondary stream) with the (b, l, d) primary layer output.
 
-        ``time_channel`` and ``text_time_channel`` are the (b, l, c) channels of the second
-        modality's input and of the text layer's output. Returns the fused stream and the
+        ``time_channel`` and ``primary_time_channel`` are the (b, l, c) channels of the
+        secondary stream's input and of the primary layer's output. Returns the fused stream and the
         time channel that drove the Cross-SSD (the next layer's second-stream channel).
         """
         ssd = self.own_ssd if self.own_ssd is not None else shared_ssd
@@ -135,6 +135,6 @@ class CoTiSSDLayer(nn.Module):
         mixed, time_channel = ssd(hidden, mask, time_channel)
         modality = self.modality_norm(self.dropout(mixed) + hidden)
         if self.fourier is not None:
-            time_channel = self.fourier(text_time_channel, time_channel, mask)
-        fused, _ = self.cross_ssd(text, mask, time_channel, condition=modality)
-        return self.ffn(self.cross_norm(self.dropout(fused) + modality + text)), time_channel
+            time_channel = self.fourier(primary_time_channel, time_channel, mask)
+        fused, _ = self.cross_ssd(primary, mask, time_channel, condition=modality)
+        return self.ffn(self.cross_norm(self.dropout(fused) + modality + primary)), time_channel

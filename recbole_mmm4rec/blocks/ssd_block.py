@@ -11,9 +11,9 @@ A Mamba-2 mixer whose step size dt is modulated by the time channel::
     y    = SSD(x, softplus(dt + dt_bias), A, B, C) + D * x        D skip on the raw x
     out  = out_proj(rms_norm(y * silu(z)) * w)
 
-Padding is zeroed at the input and after the convolution, so a padding position contributes
-nothing to the state: outputs at real positions are the same however much padding precedes or
-follows them. The kernels (SSD scan, causal conv, gated RMSNorm) are called here and nowhere
+Padding is zeroed at the input and after the convolution, so a padding position adds nothing
+to the state: outputs at real positions are the same however much padding precedes or follows
+the history (padding inside a history would still decay the state). The kernels (SSD scan, causal conv, gated RMSNorm) are called here and nowhere
 else in the model, so a faster implementation is swapped in at ``recbole_mmm4rec.kernels``.
 """
 from __future__ import annotations
@@ -58,6 +58,8 @@ class TimeAwareSSD(nn.Module):
         chunk_size: SSD scan chunk.
         cross: C and z from a condition stream.
         time_channel: modulate dt by the time channel (False: dt unchanged, no time path).
+        update_time_channel: also return an updated time channel (False where nothing reads it,
+            so that no parameter goes untrained; the Cross-SSD never updates it).
         layer_norm_eps: epsilon of the time path's LayerNorm.
         rms_norm_eps: epsilon of the gated RMSNorm.
     """
@@ -74,6 +76,7 @@ class TimeAwareSSD(nn.Module):
         chunk_size: int,
         cross: bool = False,
         time_channel: bool = True,
+        update_time_channel: bool = True,
         layer_norm_eps: float = 1e-12,
         rms_norm_eps: float = 1e-5,
     ):
@@ -100,7 +103,9 @@ class TimeAwareSSD(nn.Module):
         self.norm_weight = nn.Parameter(torch.ones(self.inner_size))
         self.out_proj = nn.Linear(self.inner_size, hidden_size, bias=False)
         self.time_path = (
-            TimeModulation(self.heads, max_seq_length, conv_width, layer_norm_eps, update_channel=not cross)
+            TimeModulation(
+                self.heads, max_seq_length, conv_width, layer_norm_eps, update_channel=update_time_channel and not cross
+            )
             if time_channel
             else None
         )

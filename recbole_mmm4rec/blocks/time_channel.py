@@ -98,7 +98,7 @@ class TimeModulation(nn.Module):
             bias = self.mixer_biases[index].expand(channels)
             return masked_causal_conv(x, weight, bias, conv_mask, activation)
 
-        scale = F.tanhshrink(mix(mix(channel, 0, "silu"), 1, None)) * conv_mask
+        scale = F.tanhshrink(mix(mix(channel, 0, "silu"), 1, None))  # tanhshrink(0) = 0 keeps padding 0
         time_dt = channel * scale
         for index in range(2):
             time_dt = masked_causal_conv(
@@ -132,17 +132,22 @@ class FourierTimeFilter(nn.Module):
         super().__init__()
         self.taps = max_seq_length
         frequencies = max_seq_length + 1  # rfft bins of 2 * L points
-        # Complex weights stored as (..., 2) real tensors (real, imaginary).
-        self.input_weights = nn.Parameter(
-            torch.stack([torch.full((2, channels, frequencies), 0.5), torch.zeros(2, channels, frequencies)], -1)
-        )
-        self.output_weights = nn.Parameter(
-            torch.stack([torch.ones(channels, frequencies), torch.zeros(channels, frequencies)], -1)
-        )
+        # Complex weights as real and imaginary parts. irfft ignores the imaginary part of the
+        # first (0) and last (Nyquist) bins, so only the L - 1 bins between have one.
+        self.input_real = nn.Parameter(torch.full((2, channels, frequencies), 0.5))
+        self.input_imaginary = nn.Parameter(torch.zeros(2, channels, frequencies - 2))
+        self.output_real = nn.Parameter(torch.ones(channels, frequencies))
+        self.output_imaginary = nn.Parameter(torch.zeros(channels, frequencies - 2))
 
     def kernels(self) -> torch.Tensor:
         """(2, c, L) causal kernels, tap 0 = the current step, for the two input channels."""
-        response = torch.view_as_complex(self.input_weights) * torch.view_as_complex(self.output_weights)
+
+        def complex_weights(real: torch.Tensor, imaginary: torch.Tensor) -> torch.Tensor:
+            return torch.complex(real, F.pad(imaginary, (1, 1)))
+
+        response = complex_weights(self.input_real, self.input_imaginary) * complex_weights(
+            self.output_real, self.output_imaginary
+        )
         impulse = torch.fft.irfft(response, n=2 * self.taps, dim=-1)
         return impulse[..., : self.taps]
 

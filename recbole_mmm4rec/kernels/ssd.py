@@ -105,26 +105,26 @@ def ssd_scan(
     B_c = B.reshape(batch, chunks, chunk_size, heads, -1)
     C_c = C.reshape(batch, chunks, chunk_size, heads, -1)
     a_c = log_decay.reshape(batch, chunks, chunk_size, heads).permute(0, 3, 1, 2)  # (b, h, c, s)
-    a_cumsum = torch.cumsum(a_c, dim=-1)
 
     # 1. Inside each chunk: the quadratic (attention-like) form.
     within = torch.exp(segment_sum(a_c))  # (b, h, c, s, s)
     scores = torch.einsum("bclhn,bcshn->bhcls", C_c, B_c) * within
     y = torch.einsum("bhcls,bcshp->bclhp", scores, x_c)
     if chunks > 1:
-        y = y + _incoming_state_outputs(x_c, B_c, C_c, a_cumsum)
+        y = y + _incoming_state_outputs(x_c, B_c, C_c, a_c)
     y = y.reshape(batch, chunks * chunk_size, heads, head_dim)[:, :length]
     return _finish(y, x, D, z)
 
 
 def _incoming_state_outputs(
-    x_c: torch.Tensor, B_c: torch.Tensor, C_c: torch.Tensor, a_cumsum: torch.Tensor
+    x_c: torch.Tensor, B_c: torch.Tensor, C_c: torch.Tensor, a_c: torch.Tensor
 ) -> torch.Tensor:
     """What the states carried in from earlier chunks add to each step (ssd_scan's steps 2-4).
 
-    x_c (b, c, s, h, p), B_c and C_c (b, c, s, h, n), a_cumsum (b, h, c, s) -> (b, c, s, h, p).
+    x_c (b, c, s, h, p), B_c and C_c (b, c, s, h, n), log-decays a_c (b, h, c, s) -> (b, c, s, h, p).
     The first chunk receives a zero state, so a single chunk needs none of this.
     """
+    a_cumsum = torch.cumsum(a_c, dim=-1)
     # 2. The state each chunk leaves behind, from its own inputs.
     decay_to_end = torch.exp(a_cumsum[..., -1:] - a_cumsum)  # (b, h, c, s)
     chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B_c, decay_to_end, x_c)

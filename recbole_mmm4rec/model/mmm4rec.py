@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from recbole.config import Config
+from recbole.data.interaction import Interaction
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
@@ -29,6 +31,7 @@ from recbole_mmm4rec.blocks import (
     ssd_dimensions,
     time_gaps,
 )
+from recbole_mmm4rec.data import MultiModalSequentialDataset
 
 FUSIONS = ("static", "dynamic_shared", "dynamic_instance")
 CE_CANDIDATES = ("all", "in_batch")
@@ -44,7 +47,7 @@ class MMM4Rec(SequentialRecommender):
     input_type = InputType.POINTWISE
     ITEM_SPECIFIC_PARAMETERS = ("item_bias", "fusion_item_logits")
 
-    def __init__(self, config, dataset):
+    def __init__(self, config: Config, dataset: MultiModalSequentialDataset):
         super().__init__(config, dataset)
 
         # load parameters info
@@ -74,6 +77,14 @@ class MMM4Rec(SequentialRecommender):
         self._check_config()
         _, self.n_heads = ssd_dimensions(self.hidden_size, self.expand, self.head_dim, self.n_groups)
         self.TIME_SEQ = config["TIME_FIELD"] + config["LIST_SUFFIX"] if self.use_time_channel else None
+        # RecBole's sequential datasets always carry TIME_FIELD (they sort by it); normalised, it
+        # would carry no usable gaps.
+        if self.TIME_SEQ and (config["normalize_all"] or config["TIME_FIELD"] in (config["normalize_field"] or [])):
+            raise ValueError(
+                f"MMM4Rec: the time field {config['TIME_FIELD']!r} is min-max normalised (normalize_all "
+                f"or normalize_field), which turns every gap into ~0; keep it out of normalize_field and "
+                f"set normalize_all: False, or set time_channel: False"
+            )
 
         # define layers and loss
         self.features = nn.ModuleDict(
@@ -91,10 +102,16 @@ class MMM4Rec(SequentialRecommender):
                 for name in self.modality_streams
             }
         )
-        self.text_layers = nn.ModuleList(
+        self.primary_layers = nn.ModuleList(
             [
-                TiSSDLayer(self._ssd(cross=False), self.hidden_size, self.inner_size, self.dropout_prob, self.layer_norm_eps)
-                for _ in range(self.n_layers)
+                TiSSDLayer(
+                    self._ssd(cross=False, update_time_channel=self._primary_time_update_read(index)),
+                    self.hidden_size,
+                    self.inner_size,
+                    self.dropout_prob,
+                    self.layer_norm_eps,
+                )
+                for index in range(self.n_layers)
             ]
         )
         self.fused_layers = nn.ModuleList(
@@ -115,7 +132,7 @@ class MMM4Rec(SequentialRecommender):
         if self.fusion_item_logits is not None:
             nn.init.zeros_(self.fusion_item_logits.weight)
 
-    def _resolve_streams(self, config, dataset) -> list[str]:
+    def _resolve_streams(self, config: Config, dataset: MultiModalSequentialDataset) -> list[str]:
         attached = list(getattr(dataset, "modalities", None) or [])
         if not hasattr(dataset, "item_feature_table"):
             raise ValueError(
@@ -128,6 +145,8 @@ class MMM4Rec(SequentialRecommender):
             raise ValueError(
                 f"MMM4Rec: modality_streams must name one or two modalities (primary first), found {streams}"
             )
+        if len(set(streams)) != len(streams):
+            raise ValueError(f"MMM4Rec: modality_streams names a modality twice: {streams}")
         missing = [name for name in streams if name not in attached]
         if missing:
             raise ValueError(
@@ -146,10 +165,22 @@ class MMM4Rec(SequentialRecommender):
         for key, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"MMM4Rec: {key} must be one of {list(allowed)}, found {value!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"MMM4Rec: temperature must be positive, found {self.temperature}")
+        for key in ("temperature", "time_unit"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"MMM4Rec: {key} must be positive, found {getattr(self, key)}")
+        if len(self.modality_streams) == 1 and self.fusion != "static":
+            raise ValueError(
+                f"MMM4Rec: fusion {self.fusion!r} weighs two modality streams; with the single stream "
+                f"{self.modality_streams} set fusion: static"
+            )
 
-    def _ssd(self, cross: bool) -> TimeAwareSSD:
+    def _primary_time_update_read(self, layer: int) -> bool:
+        """Whether anything reads the time channel that primary layer ``layer``'s TiSSD updates:
+        the next layer, the Fourier filter, or (shared block) the secondary stream's Cross-SSD."""
+        two_streams = len(self.modality_streams) == 2
+        return layer < self.n_layers - 1 or (two_streams and (self.fourier_filter or self.share_tissd))
+
+    def _ssd(self, cross: bool, update_time_channel: bool = True) -> TimeAwareSSD:
         return TimeAwareSSD(
             self.hidden_size,
             self.expand,
@@ -161,6 +192,7 @@ class MMM4Rec(SequentialRecommender):
             self.chunk_size,
             cross=cross,
             time_channel=self.use_time_channel,
+            update_time_channel=update_time_channel,
             layer_norm_eps=self.layer_norm_eps,
             rms_norm_eps=self.rms_norm_eps,
         )
@@ -197,27 +229,32 @@ class MMM4Rec(SequentialRecommender):
         return self.features[self.modality_streams[0]].table.device
 
     def forward_sequence(self, item_seq: torch.Tensor, timestamps: torch.Tensor | None) -> torch.Tensor:
-        """Outputs at every position: (b, l) items (0 = padding, anywhere) -> (b, l, hidden)."""
+        """Outputs at every position: (b, l) items (0 = padding, before or after the history) -> (b, l, hidden)."""
         mask = item_seq > 0
         streams = self.item_vectors(item_seq)
         time_channel = None
         if self.use_time_channel:
-            time_channel = time_gaps(timestamps, mask, self.time_unit).unsqueeze(-1).expand(-1, -1, self.n_heads)
-        text, text_time = streams[0], time_channel
-        other, other_time = (streams[1], time_channel) if len(streams) == 2 else (None, None)
-        for index, text_layer in enumerate(self.text_layers):
-            text, text_time = text_layer(text, mask, text_time)
-            if other is not None:
-                other, other_time = self.fused_layers[index](
-                    other, text, mask, other_time, text_time, shared_ssd=text_layer.ssd
+            if timestamps is None:
+                raise ValueError(f"MMM4Rec with time_channel: pass the history timestamps ({self.TIME_SEQ})")
+            gaps = time_gaps(timestamps, mask, self.time_unit).to(streams[0].dtype)
+            time_channel = gaps.unsqueeze(-1).expand(-1, -1, self.n_heads)
+        primary, primary_time = streams[0], time_channel
+        secondary, secondary_time = (streams[1], time_channel) if len(streams) == 2 else (None, None)
+        for index, primary_layer in enumerate(self.primary_layers):
+            primary, primary_time = primary_layer(primary, mask, primary_time)
+            if secondary is not None:
+                secondary, secondary_time = self.fused_layers[index](
+                    secondary, primary, mask, secondary_time, primary_time, shared_ssd=primary_layer.ssd
                 )
-        return other if other is not None else text
+        return secondary if secondary is not None else primary
 
-    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor | None = None):
+    def forward(
+        self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, timestamps: torch.Tensor | None = None
+    ) -> torch.Tensor:
         output = self.forward_sequence(item_seq, timestamps)
         return self.gather_indexes(output, item_seq_len - 1)  # [B H]
 
-    def _user_vectors(self, interaction) -> torch.Tensor:
+    def _user_vectors(self, interaction: Interaction) -> torch.Tensor:
         timestamps = interaction[self.TIME_SEQ] if self.TIME_SEQ else None
         return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], timestamps)
 
@@ -245,7 +282,7 @@ class MMM4Rec(SequentialRecommender):
             per_stream = torch.stack([user @ v.T for v in vectors], dim=-1)  # (b, m, s)
         return (per_stream * weights).sum(-1) / self.temperature
 
-    def calculate_loss(self, interaction):
+    def calculate_loss(self, interaction: Interaction) -> torch.Tensor:
         user = self._user_vectors(interaction)
         pos_items = interaction[self.POS_ITEM_ID]
         if self.ce_candidates == "all":
@@ -261,10 +298,10 @@ class MMM4Rec(SequentialRecommender):
         logits = logits.masked_fill(repeated, float("-inf"))
         return self.loss_fct(logits, torch.arange(len(pos_items), device=pos_items.device))
 
-    def predict(self, interaction):
+    def predict(self, interaction: Interaction) -> torch.Tensor:
         user = self._user_vectors(interaction)
         return self.score(user, interaction[self.ITEM_ID], pairwise=True)
 
-    def full_sort_predict(self, interaction):
+    def full_sort_predict(self, interaction: Interaction) -> torch.Tensor:
         user = self._user_vectors(interaction)
         return self.score(user)  # [B n_items]

@@ -59,8 +59,9 @@ def load_transferable(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> 
             selected[key] = tensor
     if mismatched:
         raise TransferError(
-            "checkpoint shapes differ from the model's (check hidden_size, n_layers, head_dim, "
-            "d_state, the modality feature sizes):\n  " + "\n  ".join(mismatched)
+            "checkpoint shapes differ from the model's (check hidden_size, inner_size, expand, "
+            "head_dim, d_state, n_groups, conv_width, MAX_ITEM_LIST_LENGTH (the time path's taps) "
+            "and the modality feature sizes):\n  " + "\n  ".join(mismatched)
         )
     if not selected:
         raise TransferError(
