@@ -67,7 +67,8 @@ def run_recbole_main(argv: Sequence[str] | None = None) -> int:
             print(format_result_table(f"{args.model} on {args.dataset}: {title}", metrics))
     print(
         f"{args.model}: {result['parameters']:,} trainable parameters, {result['epochs_trained']} epochs "
-        f"(best validation at epoch {result['best_epoch']}), {result['seconds_per_epoch']:.1f} s/epoch"
+        f"(best validation at epoch {result['best_epoch']}, counted from 0 as in RecBole's log), "
+        f"{result['seconds_per_epoch']:.1f} s/epoch"
     )
     return 0
 

@@ -28,20 +28,20 @@ from recbole_mmm4rec.kernels import gated_rms_norm, ssd_scan
 
 
 def ssd_dimensions(hidden_size: int, expand: int, head_dim: int, n_groups: int) -> tuple[int, int]:
-    """(inner size, number of heads), or a ValueError naming the config keys to fix."""
-    inner_size = expand * hidden_size
-    if inner_size % head_dim:
+    """(SSD width = expand * hidden_size, number of heads), or a ValueError naming the config keys to fix."""
+    width = expand * hidden_size
+    if width % head_dim:
         raise ValueError(
-            f"MMM4Rec: expand * hidden_size = {expand} * {hidden_size} = {inner_size} is not divisible "
+            f"MMM4Rec: expand * hidden_size = {expand} * {hidden_size} = {width} is not divisible "
             f"by head_dim = {head_dim}; change hidden_size, expand or head_dim"
         )
-    heads = inner_size // head_dim
+    heads = width // head_dim
     if heads % n_groups:
         raise ValueError(
             f"MMM4Rec: n_groups = {n_groups} must divide the number of heads "
             f"(expand * hidden_size / head_dim = {heads}); change n_groups or head_dim"
         )
-    return inner_size, heads
+    return width, heads
 
 
 class TimeAwareSSD(nn.Module):
@@ -49,8 +49,8 @@ class TimeAwareSSD(nn.Module):
 
     Args:
         hidden_size: size of the streams.
-        expand: inner size = expand * hidden_size.
-        head_dim: channels per head (p); heads = inner size / head_dim.
+        expand: SSD width = expand * hidden_size.
+        head_dim: channels per head (p); heads = SSD width / head_dim.
         d_state: state size per group (n).
         n_groups: groups of B and C shared by heads (g divides heads).
         conv_width: taps of the depthwise causal convs.
@@ -81,17 +81,17 @@ class TimeAwareSSD(nn.Module):
         rms_norm_eps: float = 1e-5,
     ):
         super().__init__()
-        self.inner_size, self.heads = ssd_dimensions(hidden_size, expand, head_dim, n_groups)
+        self.ssd_width, self.heads = ssd_dimensions(hidden_size, expand, head_dim, n_groups)
         self.head_dim, self.n_groups, self.d_state = head_dim, n_groups, d_state
         self.chunk_size, self.cross, self.rms_norm_eps = chunk_size, cross, rms_norm_eps
         state_size = n_groups * d_state
-        conv_channels = self.inner_size + 2 * state_size  # x, B, C
+        conv_channels = self.ssd_width + 2 * state_size  # x, B, C
         if cross:
-            self.in_proj = nn.Linear(hidden_size, self.inner_size + state_size + self.heads, bias=False)
+            self.in_proj = nn.Linear(hidden_size, self.ssd_width + state_size + self.heads, bias=False)
             self.c_proj = nn.Linear(hidden_size, state_size, bias=False)
-            self.z_proj = nn.Linear(hidden_size, self.inner_size, bias=False)
+            self.z_proj = nn.Linear(hidden_size, self.ssd_width, bias=False)
         else:
-            self.in_proj = nn.Linear(hidden_size, 2 * self.inner_size + 2 * state_size + self.heads, bias=False)
+            self.in_proj = nn.Linear(hidden_size, 2 * self.ssd_width + 2 * state_size + self.heads, bias=False)
         conv_bound = 1 / math.sqrt(conv_width)  # nn.Conv1d's initial range
         self.conv_weight = nn.Parameter(torch.empty(conv_channels, conv_width).uniform_(-conv_bound, conv_bound))
         self.conv_bias = nn.Parameter(torch.empty(conv_channels).uniform_(-conv_bound, conv_bound))
@@ -100,8 +100,8 @@ class TimeAwareSSD(nn.Module):
         initial_dt = torch.exp(torch.empty(self.heads).uniform_(math.log(1e-3), math.log(1e-1)))
         self.dt_bias = nn.Parameter(initial_dt + torch.log(-torch.expm1(-initial_dt)))  # softplus^-1
         self.D = nn.Parameter(torch.ones(self.heads))
-        self.norm_weight = nn.Parameter(torch.ones(self.inner_size))
-        self.out_proj = nn.Linear(self.inner_size, hidden_size, bias=False)
+        self.norm_weight = nn.Parameter(torch.ones(self.ssd_width))
+        self.out_proj = nn.Linear(self.ssd_width, hidden_size, bias=False)
         self.time_path = (
             TimeModulation(
                 self.heads, max_seq_length, conv_width, layer_norm_eps, update_channel=update_time_channel and not cross
@@ -137,17 +137,17 @@ class TimeAwareSSD(nn.Module):
         state_size = self.n_groups * self.d_state
         if self.cross:
             condition = condition * mask_f
-            xB, dt = self.in_proj(hidden).split([self.inner_size + state_size, self.heads], dim=-1)
+            xB, dt = self.in_proj(hidden).split([self.ssd_width + state_size, self.heads], dim=-1)
             z = self.z_proj(hidden + condition)
             xBC = torch.cat([xB, self.c_proj(condition)], dim=-1)
         else:
             z, xBC, dt = self.in_proj(hidden).split(
-                [self.inner_size, self.inner_size + 2 * state_size, self.heads], dim=-1
+                [self.ssd_width, self.ssd_width + 2 * state_size, self.heads], dim=-1
             )
         xBC = masked_causal_conv(
             xBC.transpose(1, 2), self.conv_weight, self.conv_bias, mask_f.transpose(1, 2), "silu"
         ).transpose(1, 2)
-        x, B, C = xBC.split([self.inner_size, state_size, state_size], dim=-1)
+        x, B, C = xBC.split([self.ssd_width, state_size, state_size], dim=-1)
 
         updated_time = None
         if self.time_path is not None:
@@ -163,6 +163,6 @@ class TimeAwareSSD(nn.Module):
             D=self.D,
             dt_bias=self.dt_bias,
             dt_softplus=True,
-        ).reshape(batch, length, self.inner_size)
-        y = gated_rms_norm(y, self.norm_weight, z, eps=self.rms_norm_eps, group_size=self.inner_size // self.n_groups)
+        ).reshape(batch, length, self.ssd_width)
+        y = gated_rms_norm(y, self.norm_weight, z, eps=self.rms_norm_eps, group_size=self.ssd_width // self.n_groups)
         return self.out_proj(y), updated_time

@@ -98,7 +98,7 @@ class TimeModulation(nn.Module):
             bias = self.mixer_biases[index].expand(channels)
             return masked_causal_conv(x, weight, bias, conv_mask, activation)
 
-        scale = F.tanhshrink(mix(mix(channel, 0, "silu"), 1, None))  # tanhshrink(0) = 0 keeps padding 0
+        scale = F.tanhshrink(mix(mix(channel, 0, "silu"), 1, None))
         time_dt = channel * scale
         for index in range(2):
             time_dt = masked_causal_conv(
