@@ -13,20 +13,19 @@ import json
 import os
 import platform
 import sys
-import tempfile
 
 import torch
+
+from recbole_mmm4rec.data import atomic_write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BEGIN, END = "<!-- convergence:begin -->", "<!-- convergence:end -->"
 
 
-def write_atomically(path: str, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.replace(temporary, path)
+def write_text(path: str, text: str) -> None:
+    """Through a temporary file renamed into place: never a half-written results file."""
+    atomic_write(path, lambda out: out.write(text.encode("utf-8")))
 
 
 def machine() -> str:
@@ -74,8 +73,7 @@ def main() -> int:
         results[model]["test_result"] = dict(result["test_result"])
         print(model, json.dumps(results[model]), flush=True)
 
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    write_atomically(os.path.join(HERE, "results", "convergence.json"), json.dumps(results, indent=2))
+    write_text(os.path.join(HERE, "results", "convergence.json"), json.dumps(results, indent=2))
     command = "python benchmarks/convergence.py " + " ".join(sys.argv[1:])
     benchmarks_md = os.path.join(ROOT, "BENCHMARKS.md")
     text = open(benchmarks_md, encoding="utf-8").read() if os.path.exists(benchmarks_md) else "# Benchmarks\n"
@@ -84,7 +82,7 @@ def main() -> int:
         text = text.split(BEGIN)[0] + block + text.split(END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n## MMM4Rec vs SASRec to early stopping on ml-100k-mm\n\n" + block + "\n"
-    write_atomically(benchmarks_md, text)
+    write_text(benchmarks_md, text)
     return 0
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import BinaryIO, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ def default_mode(base: int) -> int:
     return base & ~umask
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
     """Write through a temporary file in the same folder, then rename: never a half file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -74,9 +74,9 @@ def write_item_features(features_path: str, tokens: Sequence[str], matrix: np.nd
     bad = [t for t in tokens if not t or "\n" in t or "\r" in t]
     if bad:
         raise FeatureFileError(f"{features_path}: tokens must be non-empty single lines: {_examples(bad)}")
-    _atomic_write(features_path, lambda f: np.save(f, matrix))
+    atomic_write(features_path, lambda f: np.save(f, matrix))
     text = "".join(t + "\n" for t in tokens).encode("utf-8")
-    _atomic_write(tokens_path_for(features_path), lambda f: f.write(text))
+    atomic_write(tokens_path_for(features_path), lambda f: f.write(text))
 
 
 def read_item_features(
