@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_mmm4rec.kernels import causal_conv1d, causal_conv1d_reference, gated_rms_norm
-from recbole_mmm4rec.kernels.conv import MATMUL_MAX_LENGTH
+from recbole_mmm4rec.kernels.conv import MATMUL_MAX_LENGTH, SHIFTED_MAX_WIDTH
 
 
 @pytest.mark.parametrize("activation", [None, "silu"])
@@ -28,20 +28,40 @@ def test_causal_conv_matches_reference_and_is_causal(activation, with_bias, widt
     torch.testing.assert_close(changed[:, [0, 1, 3, 4, 5]], y[:, [0, 1, 3, 4, 5]])  # depthwise
 
 
-@pytest.mark.parametrize("length", [MATMUL_MAX_LENGTH, MATMUL_MAX_LENGTH + 1])
-def test_causal_conv_both_paths_match_reference_with_gradients(length):
-    """Short sequences run as a banded matmul, long ones through conv1d: same values and gradients."""
+@pytest.mark.parametrize(
+    "width, length, channels_last",
+    [
+        (4, 20, False),  # shifted multiply-adds
+        (4, 20, True),  # the same on a transposed (b, l, d) tensor, as the SSD block passes it
+        (SHIFTED_MAX_WIDTH, 3, True),  # fewer positions than taps
+        (SHIFTED_MAX_WIDTH + 1, MATMUL_MAX_LENGTH, False),  # banded matmul
+        (SHIFTED_MAX_WIDTH + 1, MATMUL_MAX_LENGTH + 1, False),  # conv1d
+    ],
+)
+def test_causal_conv_every_path_matches_reference_with_gradients(width, length, channels_last):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 5, length, generator=g, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    shape = (2, length, 5) if channels_last else (2, 5, length)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, width, generator=g, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(2, 5, length, generator=g, dtype=torch.float64)
-    grads = torch.autograd.grad((causal_conv1d(x, weight, bias, "silu") * upstream).sum(), (x, weight, bias))
-    expected = torch.autograd.grad(
-        (causal_conv1d_reference(x, weight, bias, "silu") * upstream).sum(), (x, weight, bias)
-    )
-    for grad, reference in zip(grads, expected):
-        torch.testing.assert_close(grad, reference)
+    channels_first = x.transpose(1, 2) if channels_last else x
+    out = causal_conv1d(channels_first, weight, bias, "silu")
+    expected_out = causal_conv1d_reference(channels_first, weight, bias, "silu")
+    torch.testing.assert_close(out, expected_out)
+    grads = torch.autograd.grad((out * upstream).sum(), (x, weight, bias))
+    expected = torch.autograd.grad((expected_out * upstream).sum(), (x, weight, bias))
+    for name, grad, reference in zip(("x", "weight", "bias"), grads, expected):
+        torch.testing.assert_close(grad, reference, msg=name)
+
+
+def test_causal_conv_gradients_without_bias_and_frozen_weight():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    torch.autograd.gradcheck(lambda t: causal_conv1d(t, weight), (x,))
+    weight.requires_grad_(True)
+    torch.autograd.gradcheck(lambda t, w: causal_conv1d(t, w, activation="silu"), (x, weight))
 
 
 def test_causal_conv_rejects_bad_arguments():

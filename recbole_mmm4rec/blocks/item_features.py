@@ -38,6 +38,11 @@ class ItemFeatureTable(nn.Module):
     def dim(self) -> int:
         return self.table.shape[1]
 
+    @property
+    def num_items(self) -> int:
+        """Rows of the table: the catalogue's items including padding 0."""
+        return self.table.shape[0]
+
     def forward(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Features of ``item_ids`` (any shape ``(*)`` -> ``(*, dim)``), or of all items if None."""
         table = self.table

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_mmm4rec.blocks.item_features import ItemFeatureTable
 from recbole_mmm4rec.blocks.ssd_block import TimeAwareSSD
 from recbole_mmm4rec.blocks.time_channel import FourierTimeFilter
 
 
 class ModalityAdapter(nn.Module):
-    """Frozen item features of one modality -> item vectors of the hidden size.
+    """A modality's frozen item features -> item vectors of the hidden size.
 
     ``Linear(features)`` plus, "with ID", a per-item bias vector (zero at the start, specific to
     one catalogue, so never transferred), then dropout and LayerNorm.
@@ -35,9 +36,19 @@ class ModalityAdapter(nn.Module):
         self.dropout = nn.Dropout(dropout_prob)
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
-    def forward(self, features: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
-        """(*, feature_dim) features of ``item_ids`` (*) -> (*, hidden_size)."""
-        vectors = self.linear(features)
+    def forward(self, features: ItemFeatureTable, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Vectors of ``item_ids`` (any shape ``(*)`` -> ``(*, hidden_size)``), or of all items if None.
+
+        The linear map goes over whichever is smaller: the rows asked for, or the whole catalogue
+        then gathered (a batch of histories names each item many times).
+        """
+        if item_ids is None:
+            item_ids = torch.arange(features.num_items, device=features.table.device)
+            vectors = self.linear(features())
+        elif item_ids.numel() > features.num_items:
+            vectors = self.linear(features())[item_ids]
+        else:
+            vectors = self.linear(features(item_ids))
         if self.item_bias is not None:
             vectors = vectors + self.item_bias(item_ids)
         return self.norm(self.dropout(vectors))

@@ -6,25 +6,30 @@ A Mamba-2 mixer whose step size dt is modulated by the time channel::
     cross (Cross-SSD): x, B, dt from the input stream (text); C from the condition stream;
                        z from input + condition
 
-    xBC  = SiLU(causal_conv(xBC))                 depthwise over positions
-    dt   = dt * time_dt                           time_dt from the time path (if any)
-    y    = SSD(x, softplus(dt + dt_bias), A, B, C) + D * x        D skip on the raw x
-    out  = out_proj(rms_norm(y * silu(z)) * w)
+    xBC   = SiLU(causal_conv(xBC))                depthwise over positions
+    dt    = dt * time_dt                          time_dt from the time path (if any)
+    delta = softplus(dt + dt_bias) * mask         0 at padding
+    y     = SSD(x, delta, A, B, C) + D * x        D skip on the raw x
+    out   = out_proj(rms_norm(y * silu(z)) * w)
 
-Padding is zeroed at the input and after the convolution, so a padding position adds nothing
-to the state: outputs at real positions are the same however much padding precedes or follows
-the history (padding inside a history would still decay the state). The kernels (SSD scan, causal conv, gated RMSNorm) are called here and nowhere
-else in the model, so a faster implementation is swapped in at ``recbole_mmm4rec.kernels``.
+Padding is inert: the input streams are zeroed there (the projections have no bias, so the
+convolution sees zeros, like its own padding), and the step size is 0 there, so a padding step
+neither writes to nor decays the state. Outputs at real positions are therefore the same however
+much padding precedes or follows the history. The mixer's kernels (SSD scan, causal conv, gated
+RMSNorm) are chosen by ``kernel_backend`` (see :mod:`recbole_mmm4rec.kernels.backends`), here
+and nowhere else; the time path's small convolutions (one tap per position, wider than
+causal-conv1d takes) always run in torch.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from recbole_mmm4rec.blocks.time_channel import TimeModulation, masked_causal_conv
-from recbole_mmm4rec.kernels import gated_rms_norm, ssd_scan
+from recbole_mmm4rec.blocks.time_channel import TimeModulation
+from recbole_mmm4rec.kernels.backends import BACKENDS, select_kernels
 
 
 def ssd_dimensions(hidden_size: int, expand: int, head_dim: int, n_groups: int) -> tuple[int, int]:
@@ -62,6 +67,7 @@ class TimeAwareSSD(nn.Module):
             so that no parameter goes untrained; the Cross-SSD never updates it).
         layer_norm_eps: epsilon of the time path's LayerNorm.
         rms_norm_eps: epsilon of the gated RMSNorm.
+        kernel_backend: ``auto``, ``torch`` or ``cuda`` (see :func:`select_kernels`).
     """
 
     def __init__(
@@ -79,11 +85,15 @@ class TimeAwareSSD(nn.Module):
         update_time_channel: bool = True,
         layer_norm_eps: float = 1e-12,
         rms_norm_eps: float = 1e-5,
+        kernel_backend: str = "auto",
     ):
         super().__init__()
         self.ssd_width, self.heads = ssd_dimensions(hidden_size, expand, head_dim, n_groups)
         self.head_dim, self.n_groups, self.d_state = head_dim, n_groups, d_state
         self.chunk_size, self.cross, self.rms_norm_eps = chunk_size, cross, rms_norm_eps
+        if kernel_backend not in BACKENDS:
+            raise ValueError(f"MMM4Rec: kernel_backend must be one of {list(BACKENDS)}, found {kernel_backend!r}")
+        self.kernel_backend = kernel_backend
         state_size = n_groups * d_state
         conv_channels = self.ssd_width + 2 * state_size  # x, B, C
         if cross:
@@ -131,6 +141,7 @@ class TimeAwareSSD(nn.Module):
         """
         if (condition is not None) != self.cross:
             raise ValueError("TimeAwareSSD: a condition stream is required by, and only by, the Cross-SSD")
+        kernels = select_kernels(self.kernel_backend, hidden.device)
         batch, length, _ = hidden.shape
         mask_f = mask.unsqueeze(-1).to(hidden.dtype)
         hidden = hidden * mask_f
@@ -144,25 +155,25 @@ class TimeAwareSSD(nn.Module):
             z, xBC, dt = self.in_proj(hidden).split(
                 [self.ssd_width, self.ssd_width + 2 * state_size, self.heads], dim=-1
             )
-        xBC = masked_causal_conv(
-            xBC.transpose(1, 2), self.conv_weight, self.conv_bias, mask_f.transpose(1, 2), "silu"
-        ).transpose(1, 2)
+        # (b, l, d) seen as (b, d, l), as causal-conv1d takes it: no copy on either backend.
+        xBC = kernels.causal_conv1d(xBC.transpose(1, 2), self.conv_weight, self.conv_bias, "silu").transpose(1, 2)
         x, B, C = xBC.split([self.ssd_width, state_size, state_size], dim=-1)
 
         updated_time = None
         if self.time_path is not None:
             time_dt, updated_time = self.time_path(time_channel, mask)
             dt = dt * time_dt
-        y = ssd_scan(
+        delta = F.softplus(dt + self.dt_bias) * mask_f
+        y = kernels.ssd_scan(
             x.reshape(batch, length, self.heads, self.head_dim),
-            dt,
+            delta,
             -torch.exp(self.A_log),
             B.reshape(batch, length, self.n_groups, self.d_state),
             C.reshape(batch, length, self.n_groups, self.d_state),
-            chunk_size=min(self.chunk_size, length),
+            chunk_size=self.chunk_size,
             D=self.D,
-            dt_bias=self.dt_bias,
-            dt_softplus=True,
         ).reshape(batch, length, self.ssd_width)
-        y = gated_rms_norm(y, self.norm_weight, z, eps=self.rms_norm_eps, group_size=self.ssd_width // self.n_groups)
+        y = kernels.gated_rms_norm(
+            y, self.norm_weight, z, eps=self.rms_norm_eps, group_size=self.ssd_width // self.n_groups
+        )
         return self.out_proj(y), updated_time

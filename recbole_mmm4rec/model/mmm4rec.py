@@ -73,6 +73,7 @@ class MMM4Rec(SequentialRecommender):
         self.time_unit = config["time_unit"]
         self.loss_type = config["loss_type"]
         self.ce_candidates = config["ce_candidates"]
+        self.kernel_backend = config["kernel_backend"]
         self.modality_streams = self._resolve_streams(config, dataset)
         self._check_config()
         _, self.n_heads = ssd_dimensions(self.hidden_size, self.expand, self.head_dim, self.n_groups)
@@ -195,6 +196,7 @@ class MMM4Rec(SequentialRecommender):
             update_time_channel=update_time_channel,
             layer_norm_eps=self.layer_norm_eps,
             rms_norm_eps=self.rms_norm_eps,
+            kernel_backend=self.kernel_backend,
         )
 
     def _fused_layer(self) -> CoTiSSDLayer:
@@ -221,12 +223,7 @@ class MMM4Rec(SequentialRecommender):
 
     def item_vectors(self, item_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Adapted vectors of ``item_ids`` (any shape, or all items if None), one per stream."""
-        ids = item_ids if item_ids is not None else torch.arange(self.n_items, device=self.feature_device)
-        return [self.adapters[name](self.features[name](ids), ids) for name in self.modality_streams]
-
-    @property
-    def feature_device(self) -> torch.device:
-        return self.features[self.modality_streams[0]].table.device
+        return [self.adapters[name](self.features[name], item_ids) for name in self.modality_streams]
 
     def forward_sequence(self, item_seq: torch.Tensor, timestamps: torch.Tensor | None) -> torch.Tensor:
         """Outputs at every position: (b, l) items (0 = padding, before or after the history) -> (b, l, hidden)."""
@@ -258,15 +255,30 @@ class MMM4Rec(SequentialRecommender):
         timestamps = interaction[self.TIME_SEQ] if self.TIME_SEQ else None
         return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], timestamps)
 
-    def _fusion_weights(self, item_ids: torch.Tensor | None) -> torch.Tensor:
-        """(n_streams,) or (*, n_streams) weights of the streams' logits; they sum to n_streams."""
+    def _fusion_weights(self, item_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """None (static: every stream weighs 1), (n_streams,), or (*, n_streams) per-item weights.
+
+        Learned weights are a softmax scaled to sum to n_streams, so they start equal to static.
+        """
         n_streams = len(self.modality_streams)
         if self.fusion == "static":
-            return torch.ones(n_streams, device=self.feature_device)
+            return None
         if self.fusion == "dynamic_shared":
             return n_streams * torch.softmax(self.fusion_logits, dim=-1)
         logits = self.fusion_item_logits.weight if item_ids is None else self.fusion_item_logits(item_ids)
         return n_streams * torch.softmax(logits, dim=-1)
+
+    def candidate_vectors(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(*, hidden) fused candidate vectors: the fusion-weighted sum of the L2-normalised streams.
+
+        The logit is linear in the item vector, so the sum over streams of the user's dot products
+        with each stream equals one dot product with this sum: a single matmul against the catalogue.
+        """
+        vectors = torch.stack([F.normalize(v, dim=-1) for v in self.item_vectors(item_ids)], dim=-2)
+        weights = self._fusion_weights(item_ids)
+        if weights is None:
+            return vectors.sum(-2)
+        return (vectors * weights.unsqueeze(-1)).sum(-2)
 
     def score(self, user: torch.Tensor, item_ids: torch.Tensor | None = None, pairwise: bool = False) -> torch.Tensor:
         """Logits of users (b, d) for items.
@@ -274,13 +286,9 @@ class MMM4Rec(SequentialRecommender):
         ``item_ids`` None: all items -> (b, n_items). ``pairwise``: ``item_ids`` (b,), one item
         per user -> (b,). Otherwise ``item_ids`` (m,) -> (b, m).
         """
-        vectors = [F.normalize(v, dim=-1) for v in self.item_vectors(item_ids)]
-        weights = self._fusion_weights(item_ids)
-        if pairwise:
-            per_stream = torch.stack([(user * v).sum(-1) for v in vectors], dim=-1)  # (b, s)
-        else:
-            per_stream = torch.stack([user @ v.T for v in vectors], dim=-1)  # (b, m, s)
-        return (per_stream * weights).sum(-1) / self.temperature
+        candidates = self.candidate_vectors(item_ids)
+        logits = (user * candidates).sum(-1) if pairwise else user @ candidates.T
+        return logits / self.temperature
 
     def calculate_loss(self, interaction: Interaction) -> torch.Tensor:
         user = self._user_vectors(interaction)
