@@ -11,32 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 
-import torch
-
-from recbole_mmm4rec.data import atomic_write
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-BEGIN, END = "<!-- convergence:begin -->", "<!-- convergence:end -->"
-
-
-def write_text(path: str, text: str) -> None:
-    """Through a temporary file renamed into place: never a half-written results file."""
-    atomic_write(path, lambda out: out.write(text.encode("utf-8")))
-
-
-def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " + (
-        torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    )
+from report import ROOT, machine, replace_section, write_results
 
 
 def table(results: dict[str, dict], command: str) -> str:
     lines = [
-        BEGIN,
         f"`{command}` on {machine()}.",
         "",
         "| model | trainable parameters | s/epoch | epochs run | best epoch (1-based) | valid NDCG@10 | test Hit@10 | test NDCG@10 | test Hit@20 | test NDCG@20 |",
@@ -49,7 +30,6 @@ def table(results: dict[str, dict], command: str) -> str:
             f"{r['best_epoch'] + 1} | {r['best_valid_result']['ndcg@10']:.4f} | {test['hit@10']:.4f} | "
             f"{test['ndcg@10']:.4f} | {test['hit@20']:.4f} | {test['ndcg@20']:.4f} |"
         )
-    lines.append(END)
     return "\n".join(lines)
 
 
@@ -73,16 +53,9 @@ def main() -> int:
         results[model]["test_result"] = dict(result["test_result"])
         print(model, json.dumps(results[model]), flush=True)
 
-    write_text(os.path.join(HERE, "results", "convergence.json"), json.dumps(results, indent=2))
+    write_results("convergence", results)
     command = "python benchmarks/convergence.py " + " ".join(sys.argv[1:])
-    benchmarks_md = os.path.join(ROOT, "BENCHMARKS.md")
-    text = open(benchmarks_md, encoding="utf-8").read() if os.path.exists(benchmarks_md) else "# Benchmarks\n"
-    block = table(results, command.strip())
-    if BEGIN in text:
-        text = text.split(BEGIN)[0] + block + text.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## MMM4Rec vs SASRec to early stopping on ml-100k-mm\n\n" + block + "\n"
-    write_text(benchmarks_md, text)
+    replace_section("convergence", "MMM4Rec vs SASRec to early stopping on ml-100k-mm", table(results, command.strip()))
     return 0
 
 

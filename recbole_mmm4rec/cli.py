@@ -6,6 +6,7 @@ import sys
 from typing import Sequence
 
 from recbole_mmm4rec import registry
+from recbole_mmm4rec.allocator import keep_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +57,7 @@ def run_recbole_main(argv: Sequence[str] | None = None) -> int:
         )
     from recbole_mmm4rec.quick_start import run_recbole
 
+    keep_freed_memory()
     result = run_recbole(
         model=args.model,
         dataset=args.dataset,

@@ -101,7 +101,8 @@ def create_dataset(config: Config) -> Dataset:
     return dataset
 
 
-def _build_model_and_trainer(config: Config, train_data) -> tuple[torch.nn.Module, type]:
+def build_model_and_trainer(config: Config, train_data) -> tuple[torch.nn.Module, type]:
+    """The seeded model on its device, and its trainer class with this package's checkpoint loading."""
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     # The class the config resolved: a registered plugin, a RecBole model, or a class passed in.
     model = config.model_class(config, train_data._dataset).to(config["device"])
@@ -152,7 +153,7 @@ def run_recbole(
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
-    model, trainer_class = _build_model_and_trainer(config, train_data)
+    model, trainer_class = build_model_and_trainer(config, train_data)
     logger.info(model)
     transform = construct_transform(config)
     flops = get_flops(model, dataset, config["device"], logger, transform)
@@ -211,6 +212,6 @@ def load_data_and_model(model_file: str, trust: bool = False) -> tuple:
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
-    model, _ = _build_model_and_trainer(config, train_data)
+    model, _ = build_model_and_trainer(config, train_data)
     compat.restore_model_state(model, checkpoint)
     return config, model, dataset, train_data, valid_data, test_data

@@ -83,3 +83,30 @@ def test_bad_arguments():
         ssd_scan(chunk_size=4, **inputs)
     with pytest.raises(ValueError, match="chunk_size must be positive"):
         ssd_scan(chunk_size=0, **random_inputs())
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want|: the error relative to the tensor's scale."""
+    return ((got.double() - want).abs().max() / want.abs().max()).item()
+
+
+@pytest.mark.parametrize("groups", [2, 4])  # g < h and g == h
+@pytest.mark.parametrize("length, chunk", [(45, 16), (20, 64)])  # l not a multiple of chunk; one chunk
+@pytest.mark.parametrize("with_d_z", [False, True])
+def test_float32_scan_within_1e5_of_the_recurrence_values_and_gradients(groups, length, chunk, with_d_z):
+    """The issue's accuracy target: fp32 ssd_scan against the float64 recurrence, 1e-5 relative."""
+    inputs = random_inputs(length=length, groups=groups, seed=5)
+    if with_d_z:
+        inputs["D"] = torch.randn(4, 8, dtype=torch.float64)
+        inputs["z"] = torch.randn(2, length, 4, 8, dtype=torch.float64)
+    names = [k for k, v in inputs.items() if torch.is_tensor(v)]
+    upstream = torch.randn(2, length, 4, 8, dtype=torch.float64)
+    results = []
+    for run, dtype in ((lambda i: ssd_scan(chunk_size=chunk, **i), torch.float32), (lambda i: ssd_sequential(**i), torch.float64)):
+        leaves = {k: v.to(dtype).requires_grad_(True) if k in names else v for k, v in inputs.items()}
+        y = run(leaves)
+        grads = torch.autograd.grad((y * upstream.to(dtype)).sum(), [leaves[k] for k in names])
+        results.append([y, *grads])
+    for name, got, want in zip(["y", *names], *results):
+        assert got.dtype == torch.float32
+        assert relative_error(got, want) < 1e-5, name

@@ -12,8 +12,10 @@ with the arguments and shapes of mamba-ssm's ``mamba_chunk_scan_combined``:
     x (b, l, h, p)   dt (b, l, h)   A (h)   B, C (b, l, g, n) with g dividing h
     D (h) or (h, p)  z (b, l, h, p) dt_bias (h)   ->   y (b, l, h, p)
 
-* :func:`ssd_scan`: chunks of ``chunk_size`` steps; quadratic form inside a chunk, state
-  recurrence between chunks. Memory O(l * chunk_size) instead of O(l^2). Any ``l``.
+* :func:`ssd_scan`: chunks of ``chunk_size`` steps; quadratic form inside a chunk, the state
+  carried from chunk to chunk. Memory O(l * chunk_size) instead of O(l^2), and with several
+  chunks each chunk's intermediates are recomputed in the backward pass rather than kept, so
+  training holds one chunk's worth at a time. Any ``l``.
 * :func:`ssd_sequential`: the recurrence, step by step (reference for tests).
 * :func:`ssd_quadratic`: the dual form over the whole sequence, an (l, l) matrix per head, as
   the paper's code computes it (reference and benchmark baseline).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 def _check_groups(heads: int, groups: int) -> int:
@@ -95,66 +98,80 @@ def ssd_scan(
 ) -> torch.Tensor:
     """Chunked SSD; see the module docstring for the arguments. Returns y (b, l, h, p).
 
-    A sequence shorter than ``chunk_size`` is one chunk of its own length (no padding to a whole
-    chunk), so short histories cost no more than the quadratic form. Internally every tensor is
-    laid out head-major, (b, h or g, chunks, steps, d), so that each product is one batched
-    matmul over contiguous blocks; B and C are multiplied per group, before heads share them.
+    A sequence of at most ``chunk_size`` steps is one chunk of its own length, so short histories
+    cost what the quadratic form costs. Longer ones run chunk by chunk, each chunk receiving the
+    state the previous one left; under autograd each chunk is checkpointed (its inputs and
+    incoming state kept, the rest recomputed in the backward pass), which bounds the training
+    memory by one chunk's intermediates plus one (b, h, p, n) state per chunk.
     """
     if chunk_size < 1:
         raise ValueError(f"ssd_scan: chunk_size must be positive, got {chunk_size}")
-    batch, length, heads, head_dim = x.shape
-    groups = _check_groups(heads, B.shape[2])
-    chunk_size = min(chunk_size, length)
-    padding = (-length) % chunk_size
-    chunks = (length + padding) // chunk_size
+    length = x.shape[1]
+    _check_groups(x.shape[2], B.shape[2])
+    delta = _step_sizes(dt, dt_bias, dt_softplus)
+    log_decay = delta * A
+    if length <= chunk_size:
+        y, _ = _ssd_chunk(x, delta, log_decay, B, C, None, False)
+        return _finish(y, x, D, z)
+    recompute = torch.is_grad_enabled()
+    outputs, state = [], None
+    for start in range(0, length, chunk_size):
+        steps = slice(start, start + chunk_size)
+        chunk_inputs = (x[:, steps], delta[:, steps], log_decay[:, steps], B[:, steps], C[:, steps], state)
+        last = start + chunk_size >= length
+        if recompute:
+            y, state = checkpoint(_ssd_chunk, *chunk_inputs, not last, use_reentrant=False)
+        else:
+            y, state = _ssd_chunk(*chunk_inputs, not last)
+        outputs.append(y)
+    return _finish(torch.cat(outputs, dim=1), x, D, z)
 
-    def to_chunks(t: torch.Tensor) -> torch.Tensor:
-        """(b, l, k, d) -> (b, k, chunks, chunk_size, d), contiguous. The padded end has zero
-        step size and input, so it leaves the real steps unchanged."""
-        t = F.pad(t, (0, 0, 0, 0, 0, padding)) if padding else t
-        return t.reshape(batch, chunks, chunk_size, t.shape[2], t.shape[3]).permute(0, 3, 1, 2, 4).contiguous()
 
-    delta_c = to_chunks(_step_sizes(dt, dt_bias, dt_softplus).unsqueeze(-1))  # (b, h, c, s, 1)
-    x_c = to_chunks(x) * delta_c  # (b, h, c, s, p)
-    B_c, C_c = to_chunks(B), to_chunks(C)  # (b, g, c, s, n)
-    a_c = delta_c.squeeze(-1) * A.view(heads, 1, 1)  # (b, h, c, s) log-decays
+def _ssd_chunk(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    log_decay: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    state: torch.Tensor | None,
+    return_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk of s steps: the SSD outputs without the D skip, and the state it leaves.
 
-    # 1. Inside each chunk: the quadratic (attention-like) form, C B^T once per group.
-    decay_within = torch.exp(segment_sum(a_c)).view(batch, groups, heads // groups, chunks, chunk_size, chunk_size)
-    scores = (C_c @ B_c.transpose(-1, -2)).unsqueeze(2) * decay_within
-    y = scores.view(batch, heads, chunks, chunk_size, chunk_size) @ x_c  # (b, h, c, s, p)
-    if chunks > 1:
-        y = y + _incoming_state_outputs(x_c, _per_head(B_c, heads), _per_head(C_c, heads), a_c)
-    y = y.permute(0, 2, 3, 1, 4).reshape(batch, chunks * chunk_size, heads, head_dim)[:, :length]
-    return _finish(y, x, D, z)
+    x (b, s, h, p), delta and log_decay (b, s, h), B and C (b, s, g, n), incoming state
+    (b, h, p, n) or None for zero -> y (b, s, h, p), outgoing state (b, h, p, n) or None.
+    Computed head-major, (b, h, s, d), so each product is one batched matmul; C B^T is formed
+    once per group before the heads of the group share it.
+    """
+    batch, steps, heads, _ = x.shape
+    groups = B.shape[2]
+    x_h = x.transpose(1, 2)  # (b, h, s, p)
+    B_g, C_g = B.transpose(1, 2), C.transpose(1, 2)  # (b, g, s, n)
+    delta_h, log_decay_h = delta.transpose(1, 2), log_decay.transpose(1, 2)  # (b, h, s)
+
+    # 1. Inside the chunk, the quadratic form: y_t = sum_{u<=t} C_t.B_u decay(u..t] delta_u x_u.
+    decay = torch.exp(segment_sum(log_decay_h)) * delta_h.unsqueeze(-2)  # (b, h, t, u)
+    scores = (C_g @ B_g.transpose(-1, -2)).unsqueeze(2) * decay.view(batch, groups, heads // groups, steps, steps)
+    y = scores.view(batch, heads, steps, steps) @ x_h  # (b, h, s, p)
+
+    # 2. What the incoming state, decayed to each step, adds: C_t S decay(start..t].
+    decay_from_start = torch.cumsum(log_decay_h, dim=-1)  # (b, h, s)
+    if state is not None:
+        y = y + (_per_head(C_g, heads) @ state.transpose(-1, -2)) * torch.exp(decay_from_start).unsqueeze(-1)
+    if not return_state:
+        return y.transpose(1, 2), None
+
+    # 3. The state at the chunk's end: the incoming one decayed, plus the chunk's own inputs.
+    to_end = torch.exp(decay_from_start[..., -1:] - decay_from_start) * delta_h  # (b, h, s)
+    new_state = (x_h * to_end.unsqueeze(-1)).transpose(-1, -2) @ _per_head(B_g, heads)  # (b, h, p, n)
+    if state is not None:
+        new_state = new_state + state * torch.exp(decay_from_start[..., -1]).unsqueeze(-1).unsqueeze(-1)
+    return y.transpose(1, 2), new_state
 
 
 def _per_head(t: torch.Tensor, heads: int) -> torch.Tensor:
     """(b, g, ...) -> (b, h, ...): head k uses group k // (h / g), as mamba-ssm."""
     return t if t.shape[1] == heads else t.repeat_interleave(heads // t.shape[1], dim=1)
-
-
-def _incoming_state_outputs(
-    x_c: torch.Tensor, B_c: torch.Tensor, C_c: torch.Tensor, a_c: torch.Tensor
-) -> torch.Tensor:
-    """What the states carried in from earlier chunks add to each step (ssd_scan's steps 2-4).
-
-    x_c (b, h, c, s, p) step-size-scaled inputs, B_c and C_c (b, h, c, s, n), log-decays a_c
-    (b, h, c, s) -> (b, h, c, s, p). The first chunk receives a zero state.
-    """
-    batch, heads, chunks, _, head_dim = x_c.shape
-    a_cumsum = torch.cumsum(a_c, dim=-1)
-    # 2. The state each chunk leaves behind, from its own inputs: (b, h, c, p, n).
-    decay_to_end = torch.exp(a_cumsum[..., -1:] - a_cumsum)
-    chunk_states = (x_c * decay_to_end.unsqueeze(-1)).transpose(-1, -2) @ B_c
-
-    # 3. Carry states across chunks (a small (c+1, c+1) recurrence in closed form); state 0 is zero.
-    chunk_states = F.pad(chunk_states, (0, 0, 0, 0, 1, 0)).flatten(-2)  # (b, h, c+1, p*n)
-    across = torch.exp(segment_sum(F.pad(a_cumsum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
-    states_in = (across @ chunk_states)[:, :, :-1].unflatten(-1, (head_dim, -1))  # (b, h, c, p, n)
-
-    # 4. What the incoming state contributes to each step of the chunk.
-    return (C_c @ states_in.transpose(-1, -2)) * torch.exp(a_cumsum).unsqueeze(-1)
 
 
 def ssd_sequential(
