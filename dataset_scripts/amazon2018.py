@@ -16,10 +16,7 @@ from typing import Any
 
 from recbole_mmm4rec.dataset_scripts.amazon_common import (
     AmazonRelease,
-    ItemText,
     RawInteraction,
-    clean_categories,
-    clean_text,
     main,
     parse_rating,
     parse_time,
@@ -50,15 +47,13 @@ def first_image_url(record: dict[str, Any]) -> str:
     return ""
 
 
-def item_text(record: dict[str, Any]) -> ItemText:
-    return ItemText(
-        title=clean_text(record.get("title")),
-        brand=clean_text(record.get("brand")),
-        categories=clean_categories(record.get("category")),
-        description=clean_text(record.get("description")),
-        features=clean_text(record.get("feature")),
-        image_url=first_image_url(record),
-    )
+TEXT_KEYS = {
+    "title": ("title",),
+    "brand": ("brand",),
+    "categories": ("category",),
+    "description": ("description",),
+    "features": ("feature",),
+}
 
 
 AMAZON_2018 = AmazonRelease(
@@ -66,7 +61,8 @@ AMAZON_2018 = AmazonRelease(
     interactions_option="ratings",
     parse_interaction=parse_rating_line,
     meta_item_key="asin",
-    item_text=item_text,
+    text_keys=TEXT_KEYS,
+    image_url=first_image_url,
     time_units_per_second=1,
 )
 

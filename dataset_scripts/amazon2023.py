@@ -19,10 +19,7 @@ from typing import Any
 
 from recbole_mmm4rec.dataset_scripts.amazon_common import (
     AmazonRelease,
-    ItemText,
     RawInteraction,
-    clean_categories,
-    clean_text,
     main,
     parse_rating,
     parse_time,
@@ -58,16 +55,13 @@ def main_image_url(record: dict[str, Any]) -> str:
     return ""
 
 
-def item_text(record: dict[str, Any]) -> ItemText:
-    details = record.get("details") if isinstance(record.get("details"), dict) else {}
-    return ItemText(
-        title=clean_text(record.get("title")),
-        brand=clean_text(record.get("store") or details.get("Brand")),
-        categories=clean_categories(record.get("categories") or record.get("main_category")),
-        description=clean_text(record.get("description")),
-        features=clean_text(record.get("features")),
-        image_url=main_image_url(record),
-    )
+TEXT_KEYS = {
+    "title": ("title",),
+    "brand": ("store", "details.Brand"),
+    "categories": ("categories", "main_category"),
+    "description": ("description",),
+    "features": ("features",),
+}
 
 
 AMAZON_2023 = AmazonRelease(
@@ -75,7 +69,8 @@ AMAZON_2023 = AmazonRelease(
     interactions_option="reviews",
     parse_interaction=parse_review_line,
     meta_item_key="parent_asin",
-    item_text=item_text,
+    text_keys=TEXT_KEYS,
+    image_url=main_image_url,
     time_units_per_second=1000,
 )
 

@@ -23,7 +23,7 @@ import os
 import re
 from array import array
 from dataclasses import astuple, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -79,7 +79,9 @@ class AmazonRelease:
     interactions_option: str  # command-line option naming the interactions file
     parse_interaction: Callable[[str], RawInteraction]
     meta_item_key: str  # the metadata field holding the item token
-    item_text: Callable[[dict[str, Any]], ItemText]
+    # ItemText field (image_url aside) -> metadata keys tried in order; "a.b" is key b of dict a
+    text_keys: Mapping[str, tuple[str, ...]]
+    image_url: Callable[[dict[str, Any]], str]
     time_units_per_second: int
 
 
@@ -109,6 +111,30 @@ def clean_categories(value: Any) -> str:
     """A category path (list of names) as ``"A > B > C"``."""
     names = value if isinstance(value, (list, tuple)) else [value]
     return CATEGORY_SEPARATOR.join(name for name in (clean_text(v) for v in names) if name)
+
+
+def _first_value(record: dict[str, Any], keys: Sequence[str]) -> Any:
+    """The first non-empty value among ``keys`` ("a.b": key b of the dict at key a)."""
+    for key in keys:
+        value: Any = record
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value:
+            return value
+    return None
+
+
+def item_text(release: AmazonRelease, record: dict[str, Any]) -> ItemText:
+    """The cleaned ``.item`` values of one metadata record."""
+    values = {field: _first_value(record, keys) for field, keys in release.text_keys.items()}
+    return ItemText(
+        title=clean_text(values["title"]),
+        brand=clean_text(values["brand"]),
+        categories=clean_categories(values["categories"]),
+        description=clean_text(values["description"]),
+        features=clean_text(values["features"]),
+        image_url=release.image_url(record),
+    )
 
 
 def parse_rating(value: Any) -> float:
@@ -208,7 +234,7 @@ def read_item_texts(
             continue
         seen.add(token)
         if token in wanted:
-            texts[token] = release.item_text(record)
+            texts[token] = item_text(release, record)
     report.items = len(seen)
     return texts
 
