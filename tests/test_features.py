@@ -218,3 +218,23 @@ def test_saved_dataset_is_reused_only_while_its_arguments_match(subset_data_path
     assert torch.equal(reused.item_feature_table("text"), first.item_feature_table("text"))
     with pytest.raises(FeatureFileError, match="missing feature matrix"):
         create_dataset(config(missing_feature_policy="zero"))  # a changed key means rebuild
+
+
+def test_block_writer_streams_rows_and_keeps_the_old_file_on_a_bad_block(tmp_path):
+    from recbole_mmm4rec.data import write_item_feature_blocks
+
+    path = str(tmp_path / "f.npy")
+    blocks = [np.full((2, 3), 1.0), np.full((1, 3), 2.0)]
+    write_item_feature_blocks(path, ["a", "b", "c"], iter(blocks), 3)
+    tokens, matrix = read_item_features(path)
+    assert tokens == ["a", "b", "c"] and matrix.dtype == np.float32
+    np.testing.assert_array_equal(matrix, np.vstack(blocks))
+    for bad_blocks, message in (
+        ([np.ones((2, 4))], r"blocks of shape \(rows, 3\) .* got a block of shape \(2, 4\) at row 0"),
+        ([np.ones((2, 3)), np.ones((2, 3))], r"got a block of shape \(2, 3\) at row 2"),
+        ([np.ones((2, 3))], r"expected 3 rows, got 2"),
+    ):
+        with pytest.raises(FeatureFileError, match=message):
+            write_item_feature_blocks(path, ["x", "y", "z"], bad_blocks, 3)
+    assert read_item_features(path)[0] == ["a", "b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy", "f.tokens"]

@@ -4,9 +4,11 @@ from recbole_mmm4rec.data.features import (
     MISSING_FEATURE_POLICIES,
     FeatureFileError,
     align_item_features,
+    atomic_replace,
     atomic_write,
     read_item_features,
     tokens_path_for,
+    write_item_feature_blocks,
     write_item_features,
 )
 
@@ -15,8 +17,10 @@ __all__ = [
     "FeatureFileError",
     "MultiModalSequentialDataset",
     "align_item_features",
+    "atomic_replace",
     "atomic_write",
     "read_item_features",
     "tokens_path_for",
+    "write_item_feature_blocks",
     "write_item_features",
 ]

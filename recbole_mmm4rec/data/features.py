@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Mapping, Sequence
+from typing import BinaryIO, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -45,14 +45,15 @@ def default_mode(base: int) -> int:
     return base & ~umask
 
 
-def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half file."""
+def atomic_replace(path: str, write_to: Callable[[str], object]) -> None:
+    """``write_to(temporary)`` fills a temporary file in ``path``'s folder, which is then renamed
+    to ``path``: a reader never sees a half file, and a failure leaves the old file as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as f:
-            write(f)
+        write_to(temporary)
         os.chmod(temporary, default_mode(0o666))  # mkstemp creates 0600
         os.replace(temporary, path)
     except BaseException:
@@ -60,10 +61,32 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
+def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half file."""
+
+    def write_to(temporary: str) -> None:
+        with open(temporary, "wb") as f:
+            write(f)
+
+    atomic_replace(path, write_to)
+
+
+def _checked_tokens(features_path: str, tokens: Sequence[str]) -> list[str]:
+    tokens = [str(t) for t in tokens]
+    bad = [t for t in tokens if not t or "\n" in t or "\r" in t]
+    if bad:
+        raise FeatureFileError(f"{features_path}: tokens must be non-empty single lines: {_examples(bad)}")
+    return tokens
+
+
+def _write_tokens(features_path: str, tokens: list[str]) -> None:
+    text = "".join(t + "\n" for t in tokens).encode("utf-8")
+    atomic_write(tokens_path_for(features_path), lambda f: f.write(text))
+
+
 def write_item_features(features_path: str, tokens: Sequence[str], matrix: np.ndarray) -> None:
     """Write a feature matrix and its row tokens in the format :func:`read_item_features` reads."""
     matrix = np.asarray(matrix)
-    tokens = [str(t) for t in tokens]
     if not np.issubdtype(matrix.dtype, np.floating):
         raise FeatureFileError(f"{features_path}: expected float values, got dtype {matrix.dtype}")
     if matrix.ndim != 2 or matrix.shape[0] != len(tokens):
@@ -71,12 +94,46 @@ def write_item_features(features_path: str, tokens: Sequence[str], matrix: np.nd
             f"{features_path}: expected a (rows, dim) matrix with one row per token, "
             f"got shape {matrix.shape} for {len(tokens)} tokens"
         )
-    bad = [t for t in tokens if not t or "\n" in t or "\r" in t]
-    if bad:
-        raise FeatureFileError(f"{features_path}: tokens must be non-empty single lines: {_examples(bad)}")
-    atomic_write(features_path, lambda f: np.save(f, matrix))
-    text = "".join(t + "\n" for t in tokens).encode("utf-8")
-    atomic_write(tokens_path_for(features_path), lambda f: f.write(text))
+    write_item_feature_blocks(features_path, tokens, [matrix], matrix.shape[1], matrix.dtype)
+
+
+def write_item_feature_blocks(
+    features_path: str,
+    tokens: Sequence[str],
+    blocks: Iterable[np.ndarray],
+    dim: int,
+    dtype: np.dtype | type = np.float32,
+) -> None:
+    """Write ``(rows, dim)`` blocks, in order, as one feature matrix with its row tokens.
+
+    The matrix is filled through a memory map of a temporary ``.npy`` file that is then renamed,
+    so a catalogue larger than memory can be written block by block, and a failure (a block of
+    the wrong width, too few or too many rows) leaves any previous file untouched.
+    """
+    tokens = _checked_tokens(features_path, tokens)
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating):
+        raise FeatureFileError(f"{features_path}: expected float values, got dtype {dtype}")
+
+    def fill(temporary: str) -> None:
+        matrix = np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=(len(tokens), dim))
+        row = 0
+        for block in blocks:
+            block = np.asarray(block)
+            if block.ndim != 2 or block.shape[1] != dim or row + block.shape[0] > len(tokens):
+                raise FeatureFileError(
+                    f"{features_path}: expected blocks of shape (rows, {dim}) adding up to "
+                    f"{len(tokens)} rows, got a block of shape {block.shape} at row {row}"
+                )
+            matrix[row : row + block.shape[0]] = block
+            row += block.shape[0]
+        if row != len(tokens):
+            raise FeatureFileError(f"{features_path}: expected {len(tokens)} rows, got {row}")
+        matrix.flush()
+        del matrix  # close the memory map before the rename
+
+    atomic_replace(features_path, fill)
+    _write_tokens(features_path, tokens)
 
 
 def read_item_features(
