@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/ssd_kernel.py [--lengths 20,64,128,256,512,1024] [--batch 16]
 
-At the paper's SSD sizes (8 heads x 64 channels, d_state 64, 8 groups, chunk 64), float32, on
+At the paper's SSD sizes (8 heads x 64 channels, d_state 64, 8 groups; chunk 64 as MMM4Rec), float32, on
 this machine's CPU. Each (length, form) is measured in two fresh processes: peak memory is the
 rise of the peak resident set over one forward+backward, with glibc made to return every freed
 block of 64 KiB or more (so the resident set follows the live tensors); time is the median of
@@ -26,7 +26,7 @@ import torch
 
 from report import machine, replace_section, write_results
 
-HEADS, HEAD_DIM, STATE, GROUPS, CHUNK = 8, 64, 64, 8, 64
+HEADS, HEAD_DIM, STATE, GROUPS = 8, 64, 64, 8
 # glibc: every block from 64 KiB up gets its own mapping, returned to the system when freed.
 MEMORY_TRACKING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
@@ -45,10 +45,10 @@ def inputs(batch: int, length: int, dtype: torch.dtype) -> dict:
     )
 
 
-def forms():
+def forms(chunk: int):
     from recbole_mmm4rec.kernels import ssd_quadratic, ssd_scan
 
-    return {"scan": lambda i: ssd_scan(chunk_size=CHUNK, **i), "quadratic": lambda i: ssd_quadratic(**i)}
+    return {"scan": lambda i: ssd_scan(chunk_size=chunk, **i), "quadratic": lambda i: ssd_quadratic(**i)}
 
 
 def peak_rss_mib() -> float:
@@ -60,26 +60,26 @@ def current_rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure_memory(form: str, batch: int, length: int) -> dict:
+def measure_memory(form: str, batch: int, length: int, chunk: int) -> dict:
     """Peak resident memory added by one forward+backward, after a small warm-up call.
 
     The parent runs this with glibc told to map every block of 64 KiB or more on its own and to
     give it back when freed, so the resident set follows the live tensors."""
-    run = forms()[form]
-    run(leaves_of(inputs(1, 2 * CHUNK + 1, torch.float32))).sum().backward()  # one-time allocations
+    run = forms(chunk)[form]
+    run(leaves_of(inputs(1, 2 * chunk + 1, torch.float32))).sum().backward()  # one-time allocations
     leaves = leaves_of(inputs(batch, length, torch.float32))
     baseline = current_rss_mib()
     run(leaves).sum().backward()
     return {"peak_mib": peak_rss_mib() - baseline}
 
 
-def measure_time(form: str, batch: int, length: int, repeats: int) -> dict:
+def measure_time(form: str, batch: int, length: int, chunk: int, repeats: int) -> dict:
     """Median forward+backward time (at least ``repeats`` runs and one second after a warm-up,
     freed memory kept as the command-line tools run), and the forward's relative error."""
     from recbole_mmm4rec.allocator import keep_freed_memory
 
     keep_freed_memory()
-    run = forms()[form]
+    run = forms(chunk)[form]
     leaves = leaves_of(inputs(batch, length, torch.float32))
     run(leaves).sum().backward()
     times = []
@@ -105,12 +105,12 @@ def forms_reference(batch: int, length: int) -> torch.Tensor:
     return ssd_sequential(**{k: v.double() if torch.is_tensor(v) else v for k, v in float32_inputs.items()})
 
 
-def table(results: list[dict], command: str, batch: int) -> str:
+def table(results: list[dict], command: str, batch: int, chunk: int) -> str:
     by = {(r["length"], r["form"]): r for r in results}
     lengths = sorted({r["length"] for r in results})
     lines = [
         f"`{command}` on {machine()}; batch {batch}, {HEADS} heads x {HEAD_DIM}, d_state {STATE}, "
-        f"{GROUPS} groups, chunk {CHUNK}, float32, forward+backward.",
+        f"{GROUPS} groups, chunk {chunk}, float32, forward+backward.",
         "",
         "| L | scan s | quadratic s | scan / quadratic time | scan peak MiB | quadratic peak MiB | quadratic / scan memory | scan rel. error | quadratic rel. error |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -136,6 +136,11 @@ def table(results: list[dict], command: str, batch: int) -> str:
     if 64 in lengths and 1024 in lengths:
         growth = by[(1024, "scan")]["seconds"] / by[(64, "scan")]["seconds"]
         targets.append(f"scan time from L=64 to L=1024 grows {growth:.1f}x (target <= 20x; linear is 16x)")
+    if 2 * chunk in lengths and 1024 in lengths:
+        growth = by[(1024, "scan")]["seconds"] / by[(2 * chunk, "scan")]["seconds"]
+        targets.append(
+            f"from L={2 * chunk} (two chunks) to L=1024 it grows {growth:.1f}x for {1024 // (2 * chunk)}x the length"
+        )
     return "\n".join(lines + [""] + [f"- {t}" for t in targets])
 
 
@@ -144,14 +149,15 @@ def main() -> int:
     parser.add_argument("--lengths", default="20,64,128,256,512,1024")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--chunk", type=int, default=64, help="ssd_scan's chunk_size (MMM4Rec's default)")
     parser.add_argument("--measure", nargs=3, metavar=("WHAT", "FORM", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         what, form, length = args.measure
         if what == "memory":
-            print(json.dumps(measure_memory(form, args.batch, int(length))))
+            print(json.dumps(measure_memory(form, args.batch, int(length), args.chunk)))
         else:
-            print(json.dumps(measure_time(form, args.batch, int(length), args.repeats)))
+            print(json.dumps(measure_time(form, args.batch, int(length), args.chunk, args.repeats)))
         return 0
 
     results = []
@@ -161,7 +167,7 @@ def main() -> int:
             for what, env in (("memory", MEMORY_TRACKING_MALLOC), ("time", {})):
                 out = subprocess.run(
                     [sys.executable, __file__, "--measure", what, form, str(length), "--batch", str(args.batch),
-                     "--repeats", str(args.repeats)],
+                     "--repeats", str(args.repeats), "--chunk", str(args.chunk)],
                     capture_output=True, text=True, check=True,
                     env={**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, **env},
                 )
@@ -170,7 +176,7 @@ def main() -> int:
             results.append(result)
     write_results("ssd_kernel", results)
     command = "python benchmarks/ssd_kernel.py " + " ".join(sys.argv[1:])
-    replace_section("ssd_kernel", "The SSD kernel: chunked scan vs the quadratic dual form", table(results, command.strip(), args.batch))
+    replace_section("ssd_kernel", "The SSD kernel: chunked scan vs the quadratic dual form", table(results, command.strip(), args.batch, args.chunk))
     return 0
 
 

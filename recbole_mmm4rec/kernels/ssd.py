@@ -114,15 +114,16 @@ def ssd_scan(
         y, _ = _ssd_chunk(x, delta, log_decay, B, C, None, False)
         return _finish(y, x, D, z)
     recompute = torch.is_grad_enabled()
+    # split, not slicing: the backward then joins the chunks' gradients once, instead of adding
+    # each chunk's into a zero tensor of the whole length (quadratic in l).
+    chunks = zip(*(t.split(chunk_size, dim=1) for t in (x, delta, log_decay, B, C)))
     outputs, state = [], None
-    for start in range(0, length, chunk_size):
-        steps = slice(start, start + chunk_size)
-        chunk_inputs = (x[:, steps], delta[:, steps], log_decay[:, steps], B[:, steps], C[:, steps], state)
-        last = start + chunk_size >= length
+    for index, chunk_inputs in enumerate(chunks):
+        return_state = (index + 1) * chunk_size < length
         if recompute:
-            y, state = checkpoint(_ssd_chunk, *chunk_inputs, not last, use_reentrant=False)
+            y, state = checkpoint(_ssd_chunk, *chunk_inputs, state, return_state, use_reentrant=False)
         else:
-            y, state = _ssd_chunk(*chunk_inputs, not last)
+            y, state = _ssd_chunk(*chunk_inputs, state, return_state)
         outputs.append(y)
     return _finish(torch.cat(outputs, dim=1), x, D, z)
 
@@ -145,8 +146,9 @@ def _ssd_chunk(
     """
     batch, steps, heads, _ = x.shape
     groups = B.shape[2]
-    x_h = x.transpose(1, 2)  # (b, h, s, p)
-    B_g, C_g = B.transpose(1, 2), C.transpose(1, 2)  # (b, g, s, n)
+    # Contiguous head-major copies: CPU bmm on strided views loops over single matrices.
+    x_h = x.transpose(1, 2).contiguous()  # (b, h, s, p)
+    B_g, C_g = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (b, g, s, n)
     delta_h, log_decay_h = delta.transpose(1, 2), log_decay.transpose(1, 2)  # (b, h, s)
 
     # 1. Inside the chunk, the quadratic form: y_t = sum_{u<=t} C_t.B_u decay(u..t] delta_u x_u.
