@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -51,13 +50,17 @@ def forms(chunk: int):
     return {"scan": lambda i: ssd_scan(chunk_size=chunk, **i), "quadratic": lambda i: ssd_quadratic(**i)}
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def reset_peak_rss() -> None:
+    """Make the kernel's high-water mark (VmHWM) start again from the current resident set."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
-def current_rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def rss_mib(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MiB."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    return kib / 1024
 
 
 def measure_memory(form: str, batch: int, length: int, chunk: int) -> dict:
@@ -68,9 +71,10 @@ def measure_memory(form: str, batch: int, length: int, chunk: int) -> dict:
     run = forms(chunk)[form]
     run(leaves_of(inputs(1, 2 * chunk + 1, torch.float32))).sum().backward()  # one-time allocations
     leaves = leaves_of(inputs(batch, length, torch.float32))
-    baseline = current_rss_mib()
+    reset_peak_rss()
+    baseline = rss_mib("VmRSS")
     run(leaves).sum().backward()
-    return {"peak_mib": peak_rss_mib() - baseline}
+    return {"peak_mib": rss_mib("VmHWM") - baseline}
 
 
 def measure_time(form: str, batch: int, length: int, chunk: int, repeats: int) -> dict:
@@ -112,13 +116,13 @@ def table(results: list[dict], command: str, batch: int, chunk: int) -> str:
         f"`{command}` on {machine()}; batch {batch}, {HEADS} heads x {HEAD_DIM}, d_state {STATE}, "
         f"{GROUPS} groups, chunk {chunk}, float32, forward+backward.",
         "",
-        "| L | scan s | quadratic s | scan / quadratic time | scan peak MiB | quadratic peak MiB | quadratic / scan memory | scan rel. error | quadratic rel. error |",
+        "| L | scan ms | quadratic ms | scan / quadratic time | scan peak MiB | quadratic peak MiB | quadratic / scan memory | scan rel. error | quadratic rel. error |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for length in lengths:
         scan, quadratic = by[(length, "scan")], by[(length, "quadratic")]
         lines.append(
-            f"| {length} | {scan['seconds']:.3f} | {quadratic['seconds']:.3f} | "
+            f"| {length} | {1000 * scan['seconds']:.1f} | {1000 * quadratic['seconds']:.1f} | "
             f"{scan['seconds'] / quadratic['seconds']:.2f} | {scan['peak_mib']:.0f} | {quadratic['peak_mib']:.0f} | "
             f"{quadratic['peak_mib'] / max(scan['peak_mib'], 1):.1f} | {scan['relative_error']:.1e} | "
             f"{quadratic['relative_error']:.1e} |"

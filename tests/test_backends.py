@@ -91,6 +91,10 @@ def install_fake_cuda_packages(monkeypatch, calls: list) -> None:
     def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
                          final_states_out=None, activation=None):
         calls.append("causal_conv1d_fn")
+        # The checks of causal-conv1d's C++ entry point.
+        assert 2 <= weight.shape[1] <= 4 and activation in (None, "silu", "swish")
+        if x.stride(2) != 1:
+            assert x.stride(1) == 1 and x.shape[1] % 8 == 0 and x.stride(0) % 8 == 0 and x.stride(2) % 8 == 0
         return causal_conv1d(x, weight, bias, activation)
 
     modules = {
@@ -127,3 +131,53 @@ def test_cuda_set_maps_arguments_like_the_torch_set(fresh_cuda_lookup, monkeypat
         cuda.causal_conv1d(channels, conv_weight, conv_bias, "silu"), causal_conv1d(channels, conv_weight, conv_bias, "silu")
     )
     assert calls == ["mamba_chunk_scan_combined", "rmsnorm_fn", "causal_conv1d_fn"]
+
+
+def test_cuda_conv_layouts_and_widths(fresh_cuda_lookup, monkeypatch):
+    """Channels-last inputs whose strides causal-conv1d rejects are copied to (b, d, l); a kernel
+    wider than its 4 taps runs in torch."""
+    calls: list[str] = []
+    install_fake_cuda_packages(monkeypatch, calls)
+    cuda = select_kernels("cuda", torch.device("cuda"))
+    projected = torch.randn(2, 7, 388)  # a split of an in_proj output: 388 is no multiple of 8
+    x = projected[..., :100].transpose(1, 2)
+    weight, bias = torch.randn(100, 4), torch.randn(100)
+    torch.testing.assert_close(cuda.causal_conv1d(x, weight, bias, "silu"), causal_conv1d(x, weight, bias, "silu"))
+    aligned = torch.randn(2, 7, 64).transpose(1, 2)  # channels-last as the kernel reads it
+    torch.testing.assert_close(cuda.causal_conv1d(aligned, weight[:64], None), causal_conv1d(aligned, weight[:64], None))
+    assert calls == ["causal_conv1d_fn", "causal_conv1d_fn"]
+    wide = torch.randn(64, 6)
+    torch.testing.assert_close(cuda.causal_conv1d(aligned, wide, None), causal_conv1d(aligned, wide, None))
+    assert len(calls) == 2
+
+
+def test_block_on_the_cuda_set_matches_the_torch_set(fresh_cuda_lookup, monkeypatch):
+    """A whole TimeAwareSSD (self and cross) through the CUDA set's wrappers, with the stand-ins'
+    layout checks, gives the torch block's outputs and gradients."""
+    from recbole_mmm4rec.blocks import ssd_block
+
+    calls: list[str] = []
+    install_fake_cuda_packages(monkeypatch, calls)
+    cuda = select_kernels("cuda", torch.device("cuda"))
+    for cross in (False, True):
+        torch.manual_seed(0)
+        block = ssd_block.TimeAwareSSD(64, 2, 32, 32, 2, 4, 12, 8, cross=cross)
+        hidden, condition = torch.randn(3, 12, 64), torch.randn(3, 12, 64)
+        mask = torch.ones(3, 12, dtype=torch.bool)
+        mask[0, 9:] = False
+        mask[1, :4] = False
+        time_channel = torch.rand(3, 12, block.heads)
+        results = []
+        for kernels in (TORCH_KERNELS, cuda):
+            monkeypatch.setattr(ssd_block, "select_kernels", lambda backend, device, k=kernels: k)
+            block.zero_grad(set_to_none=True)
+            out, _ = block(hidden, mask, time_channel, condition if cross else None)
+            (out * torch.linspace(-1, 1, 64)).sum().backward()
+            grads = {name: p.grad.clone() for name, p in block.named_parameters() if p.grad is not None}
+            results.append((out, grads))
+        (out_torch, grads_torch), (out_cuda, grads_cuda) = results
+        torch.testing.assert_close(out_cuda, out_torch)
+        assert grads_cuda.keys() == grads_torch.keys() and "conv_weight" in grads_torch
+        for name in grads_torch:
+            torch.testing.assert_close(grads_cuda[name], grads_torch[name], msg=name)
+    assert {"mamba_chunk_scan_combined", "rmsnorm_fn", "causal_conv1d_fn"} <= set(calls)

@@ -72,12 +72,16 @@ def test_block_forward_and_backward_match(cuda_kernels):
     fast.kernel_backend = "cuda"
     hidden = torch.randn(8, 20, 64, device="cuda")
     mask = torch.ones(8, 20, dtype=torch.bool, device="cuda")
-    mask[:3, 15:] = False
+    mask[:3, 15:] = False  # right padding
+    mask[3:5, :6] = False  # left padding
     time_channel = torch.rand(8, 20, reference.heads, device="cuda")
     outputs = []
     for block in (reference, fast):
         out, _ = block(hidden, mask, time_channel)
         out.sum().backward()
-        outputs.append([out, *[p.grad for p in block.parameters()]])
-    for got, want in zip(outputs[1], outputs[0]):
-        torch.testing.assert_close(got, want, rtol=5e-3, atol=5e-3)
+        outputs.append((out, {name: p.grad for name, p in block.named_parameters() if p.grad is not None}))
+    (out_torch, grads_torch), (out_cuda, grads_cuda) = outputs
+    torch.testing.assert_close(out_cuda, out_torch, rtol=5e-3, atol=5e-3)
+    assert grads_cuda.keys() == grads_torch.keys()
+    for name in grads_torch:
+        torch.testing.assert_close(grads_cuda[name], grads_torch[name], rtol=5e-3, atol=5e-3, msg=name)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from recbole.data import data_preparation
 from recbole.utils import get_trainer
 
@@ -327,3 +328,51 @@ def test_trains_with_nadam_and_checkpoint_reload_gives_identical_scores(subset_d
         torch.testing.assert_close(
             reloaded.eval().full_sort_predict(interaction), model.eval().full_sort_predict(interaction), rtol=0, atol=0
         )
+
+
+@pytest.mark.parametrize("fusion", ["static", "dynamic_shared", "dynamic_instance"])
+def test_fused_scores_equal_the_weighted_sum_over_streams(prepared, batch, fusion):
+    """One matmul against the fused candidates = sum over streams of w_s * u . normalise(v_s) / T."""
+    model = _model(prepared, fusion=fusion).eval()
+    with torch.no_grad():
+        if model.fusion_logits is not None:
+            model.fusion_logits.copy_(torch.tensor([0.7, -0.4]))
+        if model.fusion_item_logits is not None:
+            model.fusion_item_logits.weight.normal_()
+        user = model(batch["item_id_list"], batch["item_length"], batch["timestamp_list"])
+        items = torch.tensor([3, 1, 40, 7])
+        for item_ids in (None, items):
+            ids = torch.arange(model.n_items) if item_ids is None else item_ids
+            streams = [F.normalize(v, dim=-1) for v in model.item_vectors(ids)]
+            if fusion == "static":
+                weights = torch.ones(len(ids), 2)
+            elif fusion == "dynamic_shared":
+                weights = 2 * torch.softmax(model.fusion_logits, -1).expand(len(ids), 2)
+            else:
+                weights = 2 * torch.softmax(model.fusion_item_logits.weight[ids], -1)
+            expected = sum(weights[:, s] * (user @ streams[s].T) for s in range(2)) / model.temperature
+            torch.testing.assert_close(model.score(user, item_ids), expected)
+        pairwise_ids = batch["item_id"]
+        pairwise = model.score(user, pairwise_ids, pairwise=True)
+        torch.testing.assert_close(pairwise, model.score(user, pairwise_ids).diagonal())
+
+
+def test_adapter_projects_rows_or_the_catalogue_alike(prepared):
+    """A few ids are projected row by row, many by projecting the catalogue and gathering: the
+    same vectors, the padding id included, with the per-item bias and its padding row of zeros."""
+    model = _model(prepared).eval()
+    adapter, table = model.adapters["text"], model.features["text"]
+    with torch.no_grad():
+        adapter.item_bias.weight[1:].normal_()
+        few = torch.tensor([[0, 5, 9], [9, 2, 0]])  # fewer ids than items: row by row
+        many = few.repeat(1, table.num_items)  # more ids than items: the whole catalogue
+        assert few.numel() < table.num_items < many.numel()
+        torch.testing.assert_close(adapter(table, many)[:, :3], adapter(table, few))
+        torch.testing.assert_close(adapter(table)[few], adapter(table, few))
+        assert not adapter.item_bias.weight[0].any()
+
+
+def test_missing_kernel_backend_key_means_auto(prepared):
+    """Checkpoints saved before the key existed carry a config without it (RecBole reads None)."""
+    model = _model(prepared, kernel_backend=None)
+    assert {m.kernel_backend for m in model.modules() if isinstance(m, TimeAwareSSD)} == {"auto"}

@@ -110,3 +110,22 @@ def test_float32_scan_within_1e5_of_the_recurrence_values_and_gradients(groups, 
     for name, got, want in zip(["y", *names], *results):
         assert got.dtype == torch.float32
         assert relative_error(got, want) < 1e-5, name
+
+
+@pytest.mark.parametrize("length, chunk", [(37, 8), (8, 8)])
+def test_without_autograd_the_same_values(length, chunk):
+    """Under no_grad (evaluation) the chunks are not checkpointed: the same outputs."""
+    inputs = random_inputs(length=length, groups=2)
+    inputs["D"] = torch.randn(4, dtype=torch.float64)
+    reference = ssd_sequential(**inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(ssd_scan(chunk_size=chunk, **inputs), reference, rtol=1e-10, atol=1e-10)
+    leaves = {k: v.clone().requires_grad_(True) if k == "x" else v for k, v in inputs.items()}
+    torch.testing.assert_close(ssd_scan(chunk_size=chunk, **leaves), reference, rtol=1e-10, atol=1e-10)
+
+
+def test_b_and_c_must_match():
+    inputs = random_inputs(groups=2)
+    inputs["C"] = inputs["C"][:, :, :1]
+    with pytest.raises(ValueError, match=r"B and C must have the same shape"):
+        ssd_scan(chunk_size=4, **inputs)

@@ -17,8 +17,8 @@ convolution sees zeros, like its own padding), and the step size is 0 there, so 
 neither writes to nor decays the state. Outputs at real positions are therefore the same however
 much padding precedes or follows the history. The mixer's kernels (SSD scan, causal conv, gated
 RMSNorm) are chosen by ``kernel_backend`` (see :mod:`recbole_mmm4rec.kernels.backends`), here
-and nowhere else; the time path's small convolutions (one tap per position, wider than
-causal-conv1d takes) always run in torch.
+and nowhere else; the time path's convolutions (over a few channels, some with one tap per
+history position) always run in torch.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_mmm4rec.blocks.time_channel import TimeModulation
-from recbole_mmm4rec.kernels.backends import BACKENDS, select_kernels
+from recbole_mmm4rec.kernels.backends import check_backend, select_kernels
 
 
 def ssd_dimensions(hidden_size: int, expand: int, head_dim: int, n_groups: int) -> tuple[int, int]:
@@ -91,8 +91,7 @@ class TimeAwareSSD(nn.Module):
         self.ssd_width, self.heads = ssd_dimensions(hidden_size, expand, head_dim, n_groups)
         self.head_dim, self.n_groups, self.d_state = head_dim, n_groups, d_state
         self.chunk_size, self.cross, self.rms_norm_eps = chunk_size, cross, rms_norm_eps
-        if kernel_backend not in BACKENDS:
-            raise ValueError(f"MMM4Rec: kernel_backend must be one of {list(BACKENDS)}, found {kernel_backend!r}")
+        check_backend(kernel_backend)
         self.kernel_backend = kernel_backend
         state_size = n_groups * d_state
         conv_channels = self.ssd_width + 2 * state_size  # x, B, C
@@ -155,7 +154,7 @@ class TimeAwareSSD(nn.Module):
             z, xBC, dt = self.in_proj(hidden).split(
                 [self.ssd_width, self.ssd_width + 2 * state_size, self.heads], dim=-1
             )
-        # (b, l, d) seen as (b, d, l), as causal-conv1d takes it: no copy on either backend.
+        # (b, l, d) seen as (b, d, l), as causal-conv1d takes it: no copy for the torch kernel.
         xBC = kernels.causal_conv1d(xBC.transpose(1, 2), self.conv_weight, self.conv_bias, "silu").transpose(1, 2)
         x, B, C = xBC.split([self.ssd_width, state_size, state_size], dim=-1)
 

@@ -7,12 +7,14 @@ without knowing which one runs:
   :func:`gated_rms_norm` of this package; any device.
 * ``cuda``: mamba-ssm's ``mamba_chunk_scan_combined`` and Triton gated RMSNorm, and
   causal-conv1d's ``causal_conv1d_fn`` (``pip install recbole-mmm4rec[cuda]``); CUDA tensors only.
+  A convolution of more than 4 taps, which causal-conv1d does not implement, runs in torch.
 * ``auto`` (the default): ``cuda`` for CUDA tensors when both packages import, else ``torch``.
   On a CPU tensor the CUDA packages are never imported.
 """
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,6 +25,7 @@ from recbole_mmm4rec.kernels.norm import gated_rms_norm
 from recbole_mmm4rec.kernels.ssd import ssd_scan
 
 BACKENDS = ("auto", "torch", "cuda")
+CUDA_CONV_WIDTHS = (2, 4)  # the kernel widths causal-conv1d implements
 CUDA_INSTALL_HINT = "pip install 'recbole-mmm4rec[cuda]' (mamba-ssm and causal-conv1d) on a CUDA machine"
 
 
@@ -56,23 +59,42 @@ def cuda_kernels() -> Kernels:
         return rmsnorm_fn(x, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=False)
 
     def causal_conv1d_cuda(x, weight, bias=None, activation=None):
+        if not CUDA_CONV_WIDTHS[0] <= weight.shape[1] <= CUDA_CONV_WIDTHS[1]:
+            return causal_conv1d(x, weight, bias, activation)  # causal-conv1d takes 2 to 4 taps only
+        if not _fits_channels_last_kernel(x):
+            x = x.contiguous()  # the (b, d, l) layout it takes for any stride
         return causal_conv1d_fn(x, weight, bias, activation=activation)
 
     return Kernels("cuda", mamba_chunk_scan_combined, causal_conv1d_cuda, gated_rms_norm_cuda)
+
+
+def _fits_channels_last_kernel(x: torch.Tensor) -> bool:
+    """causal-conv1d reads a channels-last x (stride 1 over channels) only when its channel count
+    and its batch and position strides are multiples of 8; a (b, d, l) x with stride 1 over
+    positions it always reads."""
+    if x.stride(2) == 1:
+        return True
+    return x.stride(1) == 1 and all(v % 8 == 0 for v in (x.shape[1], x.stride(0), x.stride(2)))
 
 
 @functools.lru_cache(maxsize=None)
 def _cuda_kernels_or_none() -> Kernels | None:
     try:
         return cuda_kernels()
-    except ImportError:
+    except ImportError as error:
+        logging.getLogger(__name__).warning(f"kernel_backend auto: using the torch kernels on CUDA ({error})")
         return None
+
+
+def check_backend(backend: str) -> None:
+    """A ValueError naming the config key unless ``backend`` is one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"kernel_backend must be one of {list(BACKENDS)}, found {backend!r}")
 
 
 def select_kernels(backend: str, device: torch.device) -> Kernels:
     """The kernels for tensors on ``device`` under the config key ``kernel_backend``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"kernel_backend must be one of {list(BACKENDS)}, found {backend!r}")
+    check_backend(backend)
     on_cuda = torch.device(device).type == "cuda"
     if backend == "torch" or (backend == "auto" and not on_cuda):
         return TORCH_KERNELS

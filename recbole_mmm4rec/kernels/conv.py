@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-ACTIVATIONS = {None: lambda t: t, "silu": F.silu}
+ACTIVATIONS = {None: lambda t: t, "silu": F.silu, "swish": F.silu}  # causal-conv1d's names
 
 # Kernels up to this many taps (Mamba-2's are 4) run as shifted multiply-adds in whatever memory
 # layout x has: linear in length and taps, and no transposed copy of a channels-last input.
@@ -69,7 +69,7 @@ def causal_conv1d(
             (``h.transpose(1, 2)`` of a (b, l, d) one) is not copied by the narrow-kernel path.
         weight: (d, k); ``weight[:, -1]`` multiplies the current step.
         bias: (d) or None.
-        activation: None or "silu" (the same on every code path).
+        activation: None or "silu" (alias "swish"), the same on every code path.
     Returns:
         (b, d, l).
     """

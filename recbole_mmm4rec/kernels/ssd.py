@@ -27,10 +27,12 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 
-def _check_groups(heads: int, groups: int) -> int:
+def _check_shapes(x: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> None:
+    heads, groups = x.shape[2], B.shape[2]
+    if B.shape != C.shape:
+        raise ValueError(f"ssd: B and C must have the same shape (b, l, g, n), found {tuple(B.shape)} and {tuple(C.shape)}")
     if heads % groups:
         raise ValueError(f"ssd: the number of groups ({groups}) must divide the number of heads ({heads})")
-    return groups
 
 
 def _step_sizes(dt: torch.Tensor, dt_bias: torch.Tensor | None, dt_softplus: bool) -> torch.Tensor:
@@ -53,7 +55,7 @@ def _discretize(
     Returns log_decay (b, l, h), x_scaled = x * delta (b, l, h, p), B and C (b, l, h, n).
     """
     heads = x.shape[2]
-    _check_groups(heads, B.shape[2])
+    _check_shapes(x, B, C)
     delta = _step_sizes(dt, dt_bias, dt_softplus)
     if B.shape[2] != heads:
         B = B.repeat_interleave(heads // B.shape[2], dim=2)
@@ -91,6 +93,7 @@ def ssd_scan(
     B: torch.Tensor,
     C: torch.Tensor,
     chunk_size: int,
+    *,
     D: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,
@@ -107,13 +110,13 @@ def ssd_scan(
     if chunk_size < 1:
         raise ValueError(f"ssd_scan: chunk_size must be positive, got {chunk_size}")
     length = x.shape[1]
-    _check_groups(x.shape[2], B.shape[2])
+    _check_shapes(x, B, C)
     delta = _step_sizes(dt, dt_bias, dt_softplus)
     log_decay = delta * A
     if length <= chunk_size:
         y, _ = _ssd_chunk(x, delta, log_decay, B, C, None, False)
         return _finish(y, x, D, z)
-    recompute = torch.is_grad_enabled()
+    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (x, delta, B, C))
     # split, not slicing: the backward then joins the chunks' gradients once, instead of adding
     # each chunk's into a zero tensor of the whole length (quadratic in l).
     chunks = zip(*(t.split(chunk_size, dim=1) for t in (x, delta, log_decay, B, C)))
@@ -164,6 +167,7 @@ def _ssd_chunk(
         return y.transpose(1, 2), None
 
     # 3. The state at the chunk's end: the incoming one decayed, plus the chunk's own inputs.
+    # A difference of cumulative sums (cf. segment_sum) is exact enough over one chunk's steps.
     to_end = torch.exp(decay_from_start[..., -1:] - decay_from_start) * delta_h  # (b, h, s)
     new_state = (x_h * to_end.unsqueeze(-1)).transpose(-1, -2) @ _per_head(B_g, heads)  # (b, h, p, n)
     if state is not None:
@@ -182,6 +186,7 @@ def ssd_sequential(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
+    *,
     D: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,
@@ -206,6 +211,7 @@ def ssd_quadratic(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
+    *,
     D: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,

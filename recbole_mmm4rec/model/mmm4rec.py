@@ -73,7 +73,7 @@ class MMM4Rec(SequentialRecommender):
         self.time_unit = config["time_unit"]
         self.loss_type = config["loss_type"]
         self.ce_candidates = config["ce_candidates"]
-        self.kernel_backend = config["kernel_backend"]
+        self.kernel_backend = config["kernel_backend"] or "auto"  # checkpoints older than the key
         self.modality_streams = self._resolve_streams(config, dataset)
         self._check_config()
         _, self.n_heads = ssd_dimensions(self.hidden_size, self.expand, self.head_dim, self.n_groups)
