@@ -13,24 +13,21 @@ import json
 import os
 import sys
 
-from report import ROOT, machine, replace_section, write_results
+from report import ROOT, machine, markdown_table, replace_section, write_results
 
 
 def table(results: dict[str, dict], command: str) -> str:
-    lines = [
-        f"`{command}` on {machine()}.",
-        "",
-        "| model | trainable parameters | s/epoch | epochs run | best epoch (1-based) | valid NDCG@10 | test Hit@10 | test NDCG@10 | test Hit@20 | test NDCG@20 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    columns = ["model", "trainable parameters", "s/epoch", "epochs run", "best epoch (1-based)", "valid NDCG@10",
+               "test Hit@10", "test NDCG@10", "test Hit@20", "test NDCG@20"]
+    rows = []
     for name, r in results.items():
         test = r["test_result"]
-        lines.append(
-            f"| {name} | {r['parameters']:,} | {r['seconds_per_epoch']:.1f} | {r['epochs_trained']} | "
-            f"{r['best_epoch'] + 1} | {r['best_valid_result']['ndcg@10']:.4f} | {test['hit@10']:.4f} | "
-            f"{test['ndcg@10']:.4f} | {test['hit@20']:.4f} | {test['ndcg@20']:.4f} |"
-        )
-    return "\n".join(lines)
+        rows.append([
+            name, f"{r['parameters']:,}", f"{r['seconds_per_epoch']:.1f}", r["epochs_trained"], r["best_epoch"] + 1,
+            f"{r['best_valid_result']['ndcg@10']:.4f}",
+            *(f"{test[metric]:.4f}" for metric in ("hit@10", "ndcg@10", "hit@20", "ndcg@20")),
+        ])
+    return f"`{command}` on {machine()}.\n\n" + markdown_table(columns, rows)
 
 
 def main() -> int:

@@ -30,6 +30,12 @@ def machine() -> str:
     )
 
 
+def markdown_table(columns: list[str], rows: list[list]) -> str:
+    """A Markdown table of already formatted cells."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
 def replace_section(name: str, heading: str, body: str) -> None:
     """Put ``body`` between the ``<!-- name:begin/end -->`` markers of BENCHMARKS.md, or append
     it under ``heading`` the first time."""

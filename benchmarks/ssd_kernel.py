@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from report import machine, replace_section, write_results
+from report import machine, markdown_table, replace_section, write_results
 
 HEADS, HEAD_DIM, STATE, GROUPS = 8, 64, 64, 8
 # glibc: every block from 64 KiB up gets its own mapping, returned to the system when freed.
@@ -112,21 +112,21 @@ def forms_reference(batch: int, length: int) -> torch.Tensor:
 def table(results: list[dict], command: str, batch: int, chunk: int) -> str:
     by = {(r["length"], r["form"]): r for r in results}
     lengths = sorted({r["length"] for r in results})
-    lines = [
+    header = (
         f"`{command}` on {machine()}; batch {batch}, {HEADS} heads x {HEAD_DIM}, d_state {STATE}, "
-        f"{GROUPS} groups, chunk {chunk}, float32, forward+backward.",
-        "",
-        "| L | scan ms | quadratic ms | scan / quadratic time | scan peak MiB | quadratic peak MiB | quadratic / scan memory | scan rel. error | quadratic rel. error |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+        f"{GROUPS} groups, chunk {chunk}, float32, forward+backward."
+    )
+    columns = ["L", "scan ms", "quadratic ms", "scan / quadratic time", "scan peak MiB", "quadratic peak MiB",
+               "quadratic / scan memory", "scan rel. error", "quadratic rel. error"]
+    rows = []
     for length in lengths:
         scan, quadratic = by[(length, "scan")], by[(length, "quadratic")]
-        lines.append(
-            f"| {length} | {1000 * scan['seconds']:.1f} | {1000 * quadratic['seconds']:.1f} | "
-            f"{scan['seconds'] / quadratic['seconds']:.2f} | {scan['peak_mib']:.0f} | {quadratic['peak_mib']:.0f} | "
-            f"{quadratic['peak_mib'] / max(scan['peak_mib'], 1):.1f} | {scan['relative_error']:.1e} | "
-            f"{quadratic['relative_error']:.1e} |"
-        )
+        rows.append([
+            length, f"{1000 * scan['seconds']:.1f}", f"{1000 * quadratic['seconds']:.1f}",
+            f"{scan['seconds'] / quadratic['seconds']:.2f}", f"{scan['peak_mib']:.0f}", f"{quadratic['peak_mib']:.0f}",
+            f"{quadratic['peak_mib'] / max(scan['peak_mib'], 1):.1f}", f"{scan['relative_error']:.1e}",
+            f"{quadratic['relative_error']:.1e}",
+        ])
     targets = []
     if 20 in lengths:
         ratio = by[(20, "scan")]["seconds"] / by[(20, "quadratic")]["seconds"]
@@ -145,7 +145,7 @@ def table(results: list[dict], command: str, batch: int, chunk: int) -> str:
         targets.append(
             f"from L={2 * chunk} (two chunks) to L=1024 it grows {growth:.1f}x for {1024 // (2 * chunk)}x the length"
         )
-    return "\n".join(lines + [""] + [f"- {t}" for t in targets])
+    return "\n\n".join([header, markdown_table(columns, rows), "\n".join(f"- {t}" for t in targets)])
 
 
 def main() -> int:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from report import ROOT, machine, replace_section, write_results
+from report import ROOT, machine, markdown_table, replace_section, write_results
 
 INFERENCE_USERS = 256
 
@@ -107,12 +107,9 @@ def table(results: list[dict], command: str, batch: int) -> str:
     allocators = sorted({r["allocator"] for r in results}, reverse=True)  # keep, default
     lengths = sorted({r["length"] for r in results})
     models = list(dict.fromkeys(r["model"] for r in results))
-    lines = [
-        f"`{command}` on {machine()}; batch {batch}, properties/quick_start/demo.yaml sizes.",
-        "",
-        "| allocator | L | model | s/epoch | x SASRec | full-sort 256 users (ms) | trainable parameters | peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    columns = ["allocator", "L", "model", "s/epoch", "x SASRec", "full-sort 256 users (ms)", "trainable parameters",
+               "peak RSS (MiB)"]
+    rows = []
     for allocator in allocators:
         for length in lengths:
             for model in models:
@@ -121,11 +118,10 @@ def table(results: list[dict], command: str, batch: int) -> str:
                     continue
                 sasrec = by.get((allocator, length, "SASRec"))
                 ratio = f"{r['epoch_seconds'] / sasrec['epoch_seconds']:.2f}" if sasrec else "-"
-                lines.append(
-                    f"| {allocator} | {length} | {model} | {r['epoch_seconds']:.1f} | {ratio} | "
-                    f"{r['full_sort_ms']:.1f} | {r['parameters']:,} | {r['peak_rss_mib']:.0f} |"
-                )
-    return "\n".join(lines)
+                rows.append([allocator, length, model, f"{r['epoch_seconds']:.1f}", ratio, f"{r['full_sort_ms']:.1f}",
+                             f"{r['parameters']:,}", f"{r['peak_rss_mib']:.0f}"])
+    header = f"`{command}` on {machine()}; batch {batch}, properties/quick_start/demo.yaml sizes."
+    return header + "\n\n" + markdown_table(columns, rows)
 
 
 def main() -> int:
