@@ -4,8 +4,8 @@ PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves blocks 
 (a batch's activations) with fresh ``mmap`` pages and returns them to the system on ``free``,
 so every such temporary is page-faulted and zeroed again by the kernel: on the 2-core machine
 where this was measured, a multiply over a (2048, 20, 384) float tensor took 50 ms into a fresh
-block and 17 ms into reused memory, and a whole training step of SASRec or MMM4Rec got about
-1.45x faster (see BENCHMARKS.md). jemalloc and tcmalloc (``LD_PRELOAD``) avoid the same cost.
+block and 17 ms into reused memory, and a training epoch of SASRec or MMM4Rec on ml-100k-mm got
+about 1.5x faster (BENCHMARKS.md). jemalloc and tcmalloc (``LD_PRELOAD``) avoid the same cost.
 
 The command-line tools call :func:`keep_freed_memory` at start; library users may call it too,
 or set ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` in the environment. The process
