@@ -20,13 +20,14 @@ from recbole.utils import (
     get_environment,
     get_flops,
     get_trainer,
-    init_logger,
     init_seed,
     set_color,
 )
 from recbole.utils.argument_list import dataset_arguments  # includes our keys (compat)
 
 from recbole_mmm4rec import compat, registry
+from recbole_mmm4rec.history import EpochCallback, recording_trainer
+from recbole_mmm4rec.run_logging import init_run_logger
 from recbole_mmm4rec.config import PluginConfig
 from recbole_mmm4rec.data.features import default_mode
 
@@ -102,11 +103,12 @@ def create_dataset(config: Config) -> Dataset:
 
 
 def build_model_and_trainer(config: Config, train_data) -> tuple[torch.nn.Module, type]:
-    """The seeded model on its device, and its trainer class with this package's checkpoint loading."""
+    """The seeded model on its device, and its trainer class with this package's checkpoint
+    loading and per-epoch records."""
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     # The class the config resolved: a registered plugin, a RecBole model, or a class passed in.
     model = config.model_class(config, train_data._dataset).to(config["device"])
-    trainer_class = compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"]))
+    trainer_class = recording_trainer(compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"])))
     return model, trainer_class
 
 
@@ -123,17 +125,20 @@ def run_recbole(
     config_dict: dict | None = None,
     saved: bool = True,
     cmd_args: Sequence[str] = (),
+    epoch_callback: EpochCallback | None = None,
 ) -> dict[str, Any]:
     """Train and test a model, as ``recbole.quick_start.run_recbole`` does.
 
     Works for RecBole's built-in models and for plugin models. ``cmd_args`` are ``--key=value``
-    overrides (the CLI passes its own); ``sys.argv`` is never read.
+    overrides (the CLI passes its own); ``sys.argv`` is never read. ``epoch_callback`` is called
+    with each epoch's record (see :class:`recbole_mmm4rec.history.EpochHistory`) as it ends.
 
     Returns:
         ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
         ``saved_model_file`` (the best checkpoint, when ``saved``), ``parameters`` (trainable),
         ``epochs_trained``, ``best_epoch`` (0-based) and ``seconds_per_epoch`` (training and
-        validation wall time per epoch).
+        validation wall time per epoch), ``epoch_history`` (the per-epoch records) and
+        ``epoch_history_file`` (their CSV beside the log; a JSON beside it too).
     """
     compat.import_recbole_models()
     config = PluginConfig(
@@ -144,7 +149,7 @@ def run_recbole(
         cmd_args=cmd_args,
     )
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    init_run_logger(config)
     logger = getLogger()
     logger.info(f"command line overrides: {config.cmd_args}")
     logger.info(config)
@@ -160,6 +165,7 @@ def run_recbole(
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
     trainer = trainer_class(config, model)
+    trainer.epoch_callback = epoch_callback
     started = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
@@ -175,6 +181,7 @@ def run_recbole(
         + get_environment(config).draw()
     )
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    history = getattr(trainer, "epoch_history", None)  # trainers without RecBole's epoch loop keep none
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     return {
         "best_valid_score": best_valid_score,
@@ -187,6 +194,8 @@ def run_recbole(
         # RecBole's own rule: the best evaluation lies cur_step evaluations before the last one.
         "best_epoch": _last_evaluated_epoch(trainer) - trainer.cur_step * trainer.eval_step,
         "seconds_per_epoch": fit_seconds / max(epochs_trained, 1),
+        "epoch_history": history.records if history else [],
+        "epoch_history_file": history.csv_path if history else None,
     }
 
 
@@ -204,7 +213,7 @@ def load_data_and_model(model_file: str, trust: bool = False) -> tuple:
     # (np.float, ...) its metrics still use.
     config.compatibility_settings()
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    init_run_logger(config)
     logger = getLogger()
     logger.info(config)
 
