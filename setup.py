@@ -62,12 +62,13 @@ setup(
         "recbole_mmm4rec.properties": "properties",
         "recbole_mmm4rec.dataset_scripts": "dataset_scripts",
     },
-    package_data={"recbole_mmm4rec.properties": ["*.yaml", "*/*.yaml"]},
+    package_data={"recbole_mmm4rec.properties": ["*.yaml", "*/*.yaml", "hyper/*.hyper"]},
     install_requires=install_requires,
     extras_require=extras_require,
     entry_points={
         "console_scripts": [
             "run_recbole=recbole_mmm4rec.cli:run_recbole_main",
+            "run_hyper=recbole_mmm4rec.cli:run_hyper_main",
         ]
     },
     classifiers=[

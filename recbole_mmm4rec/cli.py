@@ -1,4 +1,8 @@
-"""``run_recbole``: RecBole's command line, for RecBole's models and this package's."""
+"""``run_recbole`` and ``run_hyper``: RecBole's command lines, for RecBole's models and this package's.
+
+Each turns argv into a call of quick start (``run_recbole``) or tuning (``run_hyper``); any
+``--key=value`` they do not know is a RecBole config override.
+"""
 from __future__ import annotations
 
 import argparse
@@ -27,17 +31,40 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("--model", "-m", type=str, default="BPR", help="name of the model")
-    parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="name of the dataset")
-    parser.add_argument(
-        "--config_files", type=str, default=None, help="config files, separated by spaces"
-    )
+    add_model_arguments(parser)
     parser.add_argument("--nproc", type=int, default=1, help="number of processes")
     parser.add_argument("--ip", type=str, default="localhost", help="ip of the master node")
     parser.add_argument("--port", type=str, default="5678", help="port of the master node")
     parser.add_argument("--world_size", type=int, default=-1, help="total number of jobs")
     parser.add_argument("--group_offset", type=int, default=0, help="global rank offset of this group")
     return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --dataset and --config_files, as in RecBole's run_recbole.py."""
+    parser.add_argument(
+        "--model", "-m", type=str, default=None,
+        help="name of the model (default: the config files' `model`; BPR without config files)",
+    )
+    parser.add_argument(
+        "--dataset", "-d", type=str, default=None,
+        help="name of the dataset (default: the config files' `dataset`; ml-100k without config files)",
+    )
+    parser.add_argument(
+        "--config_files", type=str, default=None, help="config files, separated by spaces"
+    )
+
+
+def model_and_dataset(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """RecBole's defaults (BPR on ml-100k) when no config file may name the model and dataset;
+    None lets the config files' ``model`` / ``dataset`` apply (``best.yaml`` of run_hyper)."""
+    if args.config_files:
+        return args.model, args.dataset
+    return args.model or "BPR", args.dataset or "ml-100k"
+
+
+def config_file_list(args: argparse.Namespace) -> list[str] | None:
+    return args.config_files.strip().split() if args.config_files else None
 
 
 def format_result_table(title: str, result: dict) -> str:
@@ -58,17 +85,14 @@ def run_recbole_main(argv: Sequence[str] | None = None) -> int:
     from recbole_mmm4rec.quick_start import run_recbole
 
     keep_freed_memory()
-    result = run_recbole(
-        model=args.model,
-        dataset=args.dataset,
-        config_file_list=args.config_files.strip().split(" ") if args.config_files else None,
-        cmd_args=overrides,
-    )
+    model, dataset = model_and_dataset(args)
+    result = run_recbole(model=model, dataset=dataset, config_file_list=config_file_list(args), cmd_args=overrides)
+    model, dataset = result["model"], result["dataset"]
     for title, metrics in (("best validation", result["best_valid_result"]), ("test", result["test_result"])):
         if metrics:  # None without validation data or with eval_step=0
-            print(format_result_table(f"{args.model} on {args.dataset}: {title}", metrics))
+            print(format_result_table(f"{model} on {dataset}: {title}", metrics))
     print(
-        f"{args.model}: {result['parameters']:,} trainable parameters, {result['epochs_trained']} epochs "
+        f"{model}: {result['parameters']:,} trainable parameters, {result['epochs_trained']} epochs "
         f"(best validation at epoch {result['best_epoch']}, counted from 0 as in RecBole's log), "
         f"{result['seconds_per_epoch']:.1f} s/epoch"
     )
@@ -77,3 +101,60 @@ def run_recbole_main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(run_recbole_main())
+
+
+def build_hyper_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_hyper",
+        description="Hyper-parameter search with Ray Tune for recbole-mmm4rec's models and RecBole's. "
+        "Any other --key=value sets a fixed RecBole config key for every trial (e.g. --epochs=5).",
+        epilog="space files: RecBole's .hyper lines ('learning_rate loguniform -9.21,-4.61', "
+        "'hidden_size choice [32, 64]', 'dropout_prob uniform 0.1,0.5', 'n_layers quniform 1,3,1') "
+        "or the same kinds as YAML (kind: {name: values}); loguniform bounds are natural logs, as in "
+        "RecBole. Outputs go to <storage_path>/<name>: results.csv, best.yaml, Ray's trial folders.",
+        allow_abbrev=False,
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--params_file", type=str, required=True, help="search space: .hyper or .yaml")
+    parser.add_argument("--num_samples", type=int, default=1, help="trials (per grid point with --algo=exhaustive)")
+    parser.add_argument("--algo", choices=("random", "exhaustive"), default="random",
+                        help="random: sample every parameter; exhaustive: try every `choice` value")
+    parser.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
+                        help="asha stops trials that lag at its rungs; fifo runs every trial to the end")
+    parser.add_argument("--grace_period", type=int, default=1, help="ASHA: evaluations before a trial may be stopped")
+    parser.add_argument("--reduction_factor", type=int, default=2, help="ASHA: 1/this of the trials go on at each rung")
+    parser.add_argument("--cpus_per_trial", type=float, default=1.0, help="CPUs Ray reserves per trial (its torch threads)")
+    parser.add_argument("--gpus_per_trial", type=float, default=0.0, help="GPUs per trial; 0 trains on CPU")
+    parser.add_argument("--max_concurrent", type=int, default=None, help="at most this many trials at once")
+    parser.add_argument("--address", type=str, default=None,
+                        help="host:port of a Ray cluster (`ray start --head`); default: a local Ray on this machine")
+    parser.add_argument("--storage_path", type=str, default="ray_results", help="folder of the searches")
+    parser.add_argument("--name", type=str, default=None, help="the search's folder name (default <model>-<dataset>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted search --name (same command)")
+    return parser
+
+
+def run_hyper_main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = build_hyper_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    from recbole_mmm4rec.search_space import SearchSpaceError
+    from recbole_mmm4rec.tuning import SearchError, SearchOptions, format_table, prepare_search, run_search
+
+    model, dataset = model_and_dataset(args)
+    options = SearchOptions(
+        **{name: getattr(args, name) for name in SearchOptions.__dataclass_fields__}
+    )
+    try:
+        setup = prepare_search(
+            model, dataset, args.params_file, config_file_list(args), cmd_args=overrides,
+            exhaustive_search=args.algo == "exhaustive", checks_schedule=args.scheduler == "asha",
+        )
+        result = run_search(setup, options)
+    except (SearchError, SearchSpaceError) as error:
+        raise SystemExit(f"run_hyper: {error}") from None
+    print(format_table(result.rows))
+    print(f"results: {result.results_csv}")
+    if result.best_config_file is None:
+        print("no trial completed: no best configuration (see the error column)")
+        return 1
+    print(f"best configuration: {result.best_config_file} (run_recbole --config_files={result.best_config_file})")
+    return 0

@@ -134,7 +134,7 @@ def run_recbole(
     with each epoch's record (see :class:`recbole_mmm4rec.history.EpochHistory`) as it ends.
 
     Returns:
-        ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
+        ``model`` and ``dataset`` (the names the config resolved), ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
         ``saved_model_file`` (the best checkpoint, when ``saved``), ``parameters`` (trainable),
         ``epochs_trained``, ``best_epoch`` (0-based) and ``seconds_per_epoch`` (training and
         validation wall time per epoch), ``epoch_history`` (the per-epoch records) and
@@ -184,6 +184,8 @@ def run_recbole(
     history = getattr(trainer, "epoch_history", None)  # trainers without RecBole's epoch loop keep none
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     return {
+        "model": config["model"],
+        "dataset": config["dataset"],
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
