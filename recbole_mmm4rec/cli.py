@@ -144,10 +144,7 @@ def run_hyper_main(argv: Sequence[str] | None = None) -> int:
         **{name: getattr(args, name) for name in SearchOptions.__dataclass_fields__}
     )
     try:
-        setup = prepare_search(
-            model, dataset, args.params_file, config_file_list(args), cmd_args=overrides,
-            exhaustive_search=args.algo == "exhaustive", checks_schedule=args.scheduler == "asha",
-        )
+        setup = prepare_search(model, dataset, args.params_file, config_file_list(args), cmd_args=overrides, options=options)
         result = run_search(setup, options)
     except (SearchError, SearchSpaceError) as error:
         raise SystemExit(f"run_hyper: {error}") from None

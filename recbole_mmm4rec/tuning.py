@@ -92,18 +92,18 @@ def prepare_search(
     config_file_list: Sequence[str] | None = None,
     config_dict: dict | None = None,
     cmd_args: Sequence[str] = (),
-    exhaustive_search: bool = False,
-    checks_schedule: bool = True,
+    options: SearchOptions | None = None,
 ) -> SearchSetup:
     """Read the space and the fixed config, and build the dataset once, before any trial.
 
     The config is resolved here as a trial will resolve it, so a wrong model name, config file or
     key fails now rather than in every trial. Relative paths are made absolute.
     """
+    options = options or SearchOptions()
     parameters = load_search_space(params_file)
-    ray_param_space(parameters, exhaustive_search)  # a bad value fails here, not in Ray
+    ray_param_space(parameters, options.algo == "exhaustive")  # a bad value fails here, not in Ray
     searched = {p.name for p in parameters}
-    if checks_schedule and searched & set(SCHEDULE_KEYS):
+    if options.scheduler == "asha" and searched & set(SCHEDULE_KEYS):
         raise SearchError(
             f"{params_file} searches {', '.join(sorted(searched & set(SCHEDULE_KEYS)))}: ASHA counts "
             "its rungs in evaluations, which these change; set them with --epochs / --eval_step, "
@@ -308,9 +308,11 @@ def _trial_row(result, setup: SearchSetup) -> dict:
     """A results-table row: searched values, status, evaluations, scores, error."""
     metrics = result.metrics or {}
     config = result.config
-    if config is None:  # failed before its first report: Ray's params.json still has it
-        with open(os.path.join(result.log_dir, "params.json"), encoding="utf-8") as f:
+    params_file = os.path.join(str(result.log_dir), "params.json")
+    if config is None and os.path.isfile(params_file):  # no report yet: Ray wrote its values there
+        with open(params_file, encoding="utf-8") as f:
             config = json.load(f)
+    config = config or {}
     history = result.metrics_dataframe
     epoch_scores = [] if history is None or METRIC not in history else history[METRIC].dropna().tolist()
     if metrics.get("completed"):
@@ -319,8 +321,10 @@ def _trial_row(result, setup: SearchSetup) -> dict:
         status = "error"
     elif metrics.get("completed"):
         status = "completed"
-    else:
+    elif metrics.get("done"):  # Ray marks the last result of a trial its scheduler stopped
         status = "stopped early"
+    else:  # the search was interrupted before this trial ended: --resume runs it
+        status = "unfinished"
     pick = max if setup.mode == "max" else min
     row = {
         "trial": os.path.basename(str(result.log_dir)).removeprefix("trial_"),

@@ -128,6 +128,33 @@ def test_asha_stops_a_clearly_worse_trial_early(local_ray, subset_data_path, tmp
     assert rows[0.0]["test ndcg@10"] == ""  # a stopped trial is never tested
 
 
+def test_an_interrupted_search_resumes_where_it_stopped(local_ray, subset_data_path, tmp_path):
+    config_file, space_file = write_files(
+        tmp_path, subset_data_path, "learning_rate choice [0.001, 0.002, 0.003]\n", **TINY_SASREC
+    )
+    argv = hyper_argv("SASRec", config_file, space_file, tmp_path, "--algo=exhaustive", "--scheduler=fifo", "--max_concurrent=1")
+    experiment = tmp_path / "searches" / "search"
+    driver = subprocess.Popen(
+        [os.path.join(BIN, "run_hyper"), *argv], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 300
+    while not any('"completed": true' in p.read_text() for p in experiment.glob("trial_*/result.json")):
+        assert driver.poll() is None and time.time() < deadline, "the first trial did not complete"
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGINT)  # Ctrl+C: Ray Tune saves the search state and returns
+    output = driver.communicate(timeout=120)[0]
+    statuses = sorted(r["status"] for r in read_rows(str(experiment / "results.csv")))
+    assert statuses[0] == "completed" and set(statuses[1:]) <= {"unfinished"}, output[-3000:]
+    (first,) = [p for p in experiment.glob("trial_*/result.json") if '"completed": true' in p.read_text()]
+    first_reports = first.read_text()
+
+    assert run_hyper_main(argv + ["--resume"]) == 0
+    rows = read_rows(str(experiment / "results.csv"))
+    assert sorted(float(r["learning_rate"]) for r in rows) == [0.001, 0.002, 0.003]
+    assert all(r["status"] == "completed" for r in rows)
+    assert first.read_text() == first_reports  # the finished trial was not trained again
+
+
 def test_searching_the_epochs_under_asha_is_refused(subset_data_path, tmp_path):
     config_file, space_file = write_files(tmp_path, subset_data_path, "epochs choice [1, 2]\n", **TINY_SASREC)
     with pytest.raises(SystemExit, match="searches epochs: ASHA counts its rungs in evaluations"):
