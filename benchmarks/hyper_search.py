@@ -83,6 +83,7 @@ def render() -> None:
         + ". Test metrics are each trial's own: RecBole's test evaluation of its best-validation "
         f"checkpoint, in the trial. A short search ({flags['epochs']} epochs, far from convergence) on "
         "a CPU: it shows the tool at work, not tuned values."
+        + (f"\n\n{results['note']}" if results.get("note") else "")
     )
     replace_section("hyper_search", "Hyper-parameter search: MMM4Rec on ml-100k-mm", body)
 

@@ -211,8 +211,17 @@ def connect_ray(address: str | None) -> bool:
     if started and address:
         ray.init(address=address, log_to_driver=False)
     elif started:
-        # "local": a fresh Ray even when a `ray start` cluster runs on this machine.
-        ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
+        # "local": a fresh Ray even when a `ray start` cluster runs on this machine. Ray's memory
+        # monitor is off: it counts every process of the machine, and when it kills a trial's
+        # worker, Ray 2.6's Tune aborts the whole search (seen on a shared machine) instead of
+        # recording that trial as failed, as it does when the kernel ends a worker.
+        ray.init(
+            address="local",
+            num_cpus=len(os.sched_getaffinity(0)),
+            include_dashboard=False,
+            log_to_driver=False,
+            _system_config={"memory_monitor_refresh_ms": 0},
+        )
     resources = ray.cluster_resources()
     print(
         f"run_hyper: Ray cluster at {ray.get_runtime_context().gcs_address} "
