@@ -30,6 +30,7 @@ _MODELS: dict[str, PluginModel] = {}
 # name -> "module:function" taking the dataset folder to write.
 DATASET_BUILDERS: dict[str, str] = {
     "ml-100k-mm": "recbole_mmm4rec.dataset_scripts.ml100k_mm:build_ml100k_mm",
+    "ml-1m-mm": "recbole_mmm4rec.dataset_scripts.ml1m_mm:build_ml1m_mm",
 }
 
 
