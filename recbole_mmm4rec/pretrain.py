@@ -47,7 +47,7 @@ PRETRAIN_EVAL_ARGS = {"split": {"RS": [1.0, 0.0, 0.0]}, "order": "TO", "group_by
 RUN_ONLY_KEYS = {
     "epochs", "save_step", "resume", "checkpoint_dir", "data_path", "show_progress", "state", "verbose",
     "device", "gpu_id", "use_gpu", "local_rank", "world_size", "nproc", "offset", "ip", "port",
-    "single_spec", "worker", "log_wandb", "wandb_project", "shuffle", "benchmark_filename",
+    "single_spec", "worker", "log_wandb", "wandb_project", "shuffle", "benchmark_filename", "memory_map_features",
 }
 
 
@@ -259,6 +259,8 @@ def launch_pretrain(
     config = pretrain_config(*run_args[:4], cmd_args=run_args[4])
     prepare_domains(datasets, os.path.dirname(config["data_path"]), config["modalities"] or [])
     distributed = {"world_size": world_size, "nproc": nproc, "ip": ip, "port": int(port), "offset": group_offset}
+    if "memory_map_features" not in config.external_config_dict:
+        distributed["memory_map_features"] = True  # one copy of the feature tables for all ranks
     queue = torch.multiprocessing.get_context("spawn").SimpleQueue()
     torch.multiprocessing.spawn(_rank_main, args=(queue, run_args, distributed), nprocs=nproc, join=True)
     return queue.get() if group_offset == 0 else None

@@ -1,13 +1,18 @@
 """Pre-training on several domains, resume, distributed pre-training, fine-tuning with --pretrained."""
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from recbole_mmm4rec import compat, run_recbole
 from recbole_mmm4rec.data.features import read_item_features
@@ -25,6 +30,7 @@ SMALL = {
     "chunk_size": 8,
     "train_batch_size": 256,
 }
+RUN_PRETRAIN = os.path.join(os.path.dirname(sys.executable), "run_pretrain")
 DOMAINS = {"dom-a": range(1, 61), "dom-b": range(61, 121)}  # two real user groups of ml-100k-mm
 
 
@@ -157,14 +163,21 @@ def test_foreign_and_mismatched_checkpoints_are_clear_errors(subset_data_path, p
 
 def test_two_process_gloo_pretraining_follows_the_one_process_curve(domains_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    curves = {}
-    for nproc in (1, 2):
-        settings = pretrain_settings(domains_root, tmp_path / f"n{nproc}", epochs=3, resume=False)
-        result = launch_pretrain("MMM4Rec", list(DOMAINS), config_dict=settings, nproc=nproc, port=29811)
-        curves[nproc] = np.array([result["train_loss"][e] for e in range(3)])
-        assert compat.load_checkpoint(result["checkpoint"])["config"]["single_spec"] is (nproc == 1)
+    one = launch_pretrain("MMM4Rec", list(DOMAINS), config_dict=pretrain_settings(domains_root, tmp_path / "one", epochs=3))
+    config_file = tmp_path / "two.yaml"
+    config_file.write_text(yaml.safe_dump(pretrain_settings(domains_root, tmp_path / "two", epochs=3)))
+    command = [RUN_PRETRAIN, "--model=MMM4Rec", "--datasets=dom-a,dom-b", f"--config_files={config_file}", "--nproc=2", "--port=29811"]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    history_file = re.search(r"per-epoch records: (\S+)", run.stdout).group(1)
+    two = pd.read_csv(history_file)
+    assert list(two["epoch"]) == [0, 1, 2]
+    (checkpoint,) = glob.glob(str(tmp_path / "two" / "saved" / "*-3.pth"))
+    assert compat.load_checkpoint(checkpoint)["config"]["world_size"] == 2
+    assert len(os.listdir(tmp_path / "two" / "saved" / "features")) == 2  # one mapped table per modality for both ranks
     # Each rank sums its losses over half the batches (of half the size, so fewer in-batch
     # negatives): compare the shape of the curves, not their scale.
-    for curve in curves.values():
+    curves = [np.array([one["train_loss"][e] for e in range(3)]), two["train_loss"].to_numpy()]
+    for curve in curves:
         assert np.all(np.diff(curve) < 0)
-    np.testing.assert_allclose(curves[2] / curves[2][0], curves[1] / curves[1][0], atol=0.05)
+    np.testing.assert_allclose(curves[1] / curves[1][0], curves[0] / curves[0][0], atol=0.05)
