@@ -18,13 +18,12 @@ import hashlib
 import os
 import re
 import time
-from logging import getLogger
 from typing import Any, Sequence
 
 import torch
 import yaml
 from recbole.data.dataloader import TrainDataLoader
-from recbole.utils import get_trainer, init_seed, set_color
+from recbole.utils import get_trainer, set_color
 
 from recbole_mmm4rec import compat, registry
 from recbole_mmm4rec.config import PluginConfig
@@ -36,8 +35,8 @@ from recbole_mmm4rec.quick_start import (
     create_dataset,
     ensure_dataset_folder,
     prepare_model,
+    start_run,
 )
-from recbole_mmm4rec.run_logging import init_run_logger
 
 DOMAIN_JOIN = "+"
 # Every interaction is a training sample: one split holding everything.
@@ -182,13 +181,7 @@ def run_pretrain(
     """
     compat.import_recbole_models()
     config = pretrain_config(model, datasets, config_file_list, config_dict, cmd_args)
-    init_seed(config["seed"], config["reproducibility"])
-    init_run_logger(config)
-    logger = getLogger()
-    logger.info(f"command line overrides: {config.cmd_args}")
-    if config.stage_file:
-        logger.info(f"stage defaults: {config.stage_file}")
-    logger.info(config)
+    logger = start_run(config)
     if config["single_spec"]:  # a distributed run's launcher prepares them before starting the ranks
         prepare_domains(datasets, os.path.dirname(config["data_path"]), config["modalities"] or [])
 

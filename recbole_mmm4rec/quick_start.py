@@ -6,7 +6,7 @@ import pickle
 import shutil
 import tempfile
 import time
-from logging import getLogger
+from logging import Logger, getLogger
 from typing import Any, Callable, Sequence
 
 import torch
@@ -164,6 +164,18 @@ def prepare_model(model: torch.nn.Module, config: Config) -> str | None:
     return report
 
 
+def start_run(config: PluginConfig) -> Logger:
+    """Seed, this run's log file, and the settings at the top of the log."""
+    init_seed(config["seed"], config["reproducibility"])
+    init_run_logger(config)
+    logger = getLogger()
+    logger.info(f"command line overrides: {config.cmd_args}")
+    if config.stage_file:
+        logger.info(f"stage defaults: {config.stage_file}")
+    logger.info(config)
+    return logger
+
+
 def _last_evaluated_epoch(trainer) -> int:
     """The last epoch RecBole evaluated: it evaluates after epochs e with (e + 1) % eval_step == 0."""
     last_trained = max(trainer.train_loss_dict, default=-1)
@@ -201,14 +213,7 @@ def run_recbole(
         config_dict=config_dict,
         cmd_args=cmd_args,
     )
-    init_seed(config["seed"], config["reproducibility"])
-    init_run_logger(config)
-    logger = getLogger()
-    logger.info(f"command line overrides: {config.cmd_args}")
-    if config.stage_file:
-        logger.info(f"stage defaults: {config.stage_file}")
-    logger.info(config)
-
+    logger = start_run(config)
     dataset = create_dataset(config)
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)

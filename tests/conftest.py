@@ -38,6 +38,18 @@ def subset_data_path(ml100k_mm_dir, tmp_path_factory) -> str:
     return str(root)
 
 
+# MMM4Rec small but complete: 4 heads of 16 in 2 groups, several SSD chunks per sequence.
+SMALL_MMM4REC = {
+    "hidden_size": 32,
+    "inner_size": 64,
+    "head_dim": 16,
+    "d_state": 8,
+    "n_groups": 2,
+    "chunk_size": 8,
+    "dropout_prob": 0.0,
+}
+
+
 def subset_config_dict(data_path: str, tmp_path, **overrides) -> dict:
     """A CPU-sized config for the subset; every artefact goes under ``tmp_path``."""
     config = {

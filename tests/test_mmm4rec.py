@@ -11,18 +11,9 @@ from recbole_mmm4rec import PluginConfig, compat, create_dataset, load_data_and_
 from recbole_mmm4rec.blocks import FourierTimeFilter, TimeAwareSSD, TimeModulation
 from recbole_mmm4rec.data.features import FeatureFileError
 from recbole_mmm4rec.model import MMM4Rec, TransferError, load_transferable
-from tests.conftest import SUBSET_NAME, subset_config_dict
+from tests.conftest import SMALL_MMM4REC, SUBSET_NAME, subset_config_dict
 
-# Small but complete: 4 heads of 16 in 2 groups, several SSD chunks per sequence.
-SMALL = {
-    "hidden_size": 32,
-    "inner_size": 64,
-    "head_dim": 16,
-    "d_state": 8,
-    "n_groups": 2,
-    "chunk_size": 8,
-    "dropout_prob": 0.0,
-}
+SMALL = SMALL_MMM4REC
 
 
 def _config(data_path, tmp_path, **overrides) -> PluginConfig:

@@ -19,17 +19,9 @@ from recbole_mmm4rec.data.features import read_item_features
 from recbole_mmm4rec.model import TransferError
 from recbole_mmm4rec.pretrain import launch_pretrain, pretrain_config, run_pretrain
 from recbole_mmm4rec.quick_start import create_dataset
-from tests.conftest import SUBSET_NAME, subset_config_dict
+from tests.conftest import SMALL_MMM4REC, SUBSET_NAME, subset_config_dict
 
-SMALL = {
-    "hidden_size": 32,
-    "inner_size": 64,
-    "head_dim": 16,
-    "d_state": 8,
-    "n_groups": 2,
-    "chunk_size": 8,
-    "train_batch_size": 256,
-}
+SMALL = {**SMALL_MMM4REC, "train_batch_size": 256}
 RUN_PRETRAIN = os.path.join(os.path.dirname(sys.executable), "run_pretrain")
 DOMAINS = {"dom-a": range(1, 61), "dom-b": range(61, 121)}  # two real user groups of ml-100k-mm
 
