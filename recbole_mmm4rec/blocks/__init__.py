@@ -1,6 +1,8 @@
 """Building blocks shared by this package's models."""
 from recbole_mmm4rec.blocks.item_features import ItemFeatureTable
 from recbole_mmm4rec.blocks.layers import CoTiSSDLayer, FeedForward, ModalityAdapter, TiSSDLayer
+from recbole_mmm4rec.blocks.losses import in_batch_cross_entropy
+from recbole_mmm4rec.blocks.moe_adaptor import MoEAdaptor
 from recbole_mmm4rec.blocks.ssd_block import TimeAwareSSD, ssd_dimensions
 from recbole_mmm4rec.blocks.time_channel import FourierTimeFilter, TimeModulation, time_gaps
 
@@ -10,9 +12,11 @@ __all__ = [
     "FourierTimeFilter",
     "ItemFeatureTable",
     "ModalityAdapter",
+    "MoEAdaptor",
     "TiSSDLayer",
     "TimeAwareSSD",
     "TimeModulation",
+    "in_batch_cross_entropy",
     "ssd_dimensions",
     "time_gaps",
 ]

@@ -28,6 +28,7 @@ from recbole_mmm4rec.blocks import (
     ModalityAdapter,
     TimeAwareSSD,
     TiSSDLayer,
+    in_batch_cross_entropy,
     ssd_dimensions,
     time_gaps,
 )
@@ -297,14 +298,8 @@ class MMM4Rec(SequentialRecommender):
             logits = self.score(user)
             logits[:, 0] = float("-inf")  # padding is no candidate
             return self.loss_fct(logits, pos_items)
-        # In-batch: each user's candidates are the batch's targets; another row's copy of the
-        # user's own target is masked out, or the loss would push the target against itself.
-        logits = self.score(user, pos_items)
-        repeated = (pos_items.unsqueeze(0) == pos_items.unsqueeze(1)) & ~torch.eye(
-            len(pos_items), dtype=torch.bool, device=pos_items.device
-        )
-        logits = logits.masked_fill(repeated, float("-inf"))
-        return self.loss_fct(logits, torch.arange(len(pos_items), device=pos_items.device))
+        # In-batch: each user's candidates are the batch's targets (repeated ones masked).
+        return in_batch_cross_entropy(self.score(user, pos_items), pos_items)
 
     def predict(self, interaction: Interaction) -> torch.Tensor:
         user = self._user_vectors(interaction)
