@@ -9,16 +9,22 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from recbole.data import data_preparation
 from recbole.utils import get_trainer
 
-from recbole_mmm4rec import PluginConfig, compat, create_dataset, load_data_and_model
+from recbole_mmm4rec import PluginConfig, compat, load_data_and_model
 from recbole_mmm4rec.blocks import MoEAdaptor
 from recbole_mmm4rec.cli import run_recbole_main
 from recbole_mmm4rec.model import UniSRec, load_transferable
 from recbole_mmm4rec.model.unisrec import drop_items
 from recbole_mmm4rec.registry import PROPERTIES_DIR
-from tests.conftest import SUBSET_NAME, subset_config_dict
+from tests.conftest import (
+    SUBSET_NAME,
+    model_with_overrides,
+    prepare,
+    subset_config,
+    subset_config_dict,
+    training_rows,
+)
 
 STAGES = ("pretrain", "inductive_ft", "transductive_ft")
 SMALL = {
@@ -34,48 +40,24 @@ SMALL = {
 
 
 def _config(data_path, tmp_path, **overrides) -> PluginConfig:
-    return PluginConfig(
-        model="UniSRec",
-        dataset=SUBSET_NAME,
-        config_dict=subset_config_dict(data_path, tmp_path, **{**SMALL, **overrides}),
-    )
-
-
-def _prepare(config: PluginConfig):
-    dataset = create_dataset(config)
-    train_data, _, _ = data_preparation(config, dataset)
-    return config, dataset, train_data
+    return subset_config("UniSRec", data_path, tmp_path, **{**SMALL, **overrides})
 
 
 @pytest.fixture(scope="module")
 def prepared(subset_data_path, tmp_path_factory):
     """(config, dataset, train_data) of the real subset, built once for the module."""
-    return _prepare(_config(subset_data_path, tmp_path_factory.mktemp("unisrec")))
+    return prepare(_config(subset_data_path, tmp_path_factory.mktemp("unisrec")))
 
 
 def _model(prepared, stage: str = "transductive_ft", seed: int = 0, **overrides) -> UniSRec:
-    """A fresh model on the module's dataset, with config keys overridden for this model only."""
-    config, _, train_data = prepared
-    overrides["train_stage"] = stage
-    saved = {key: config[key] for key in overrides}
-    for key, value in overrides.items():
-        config[key] = value
-    try:
-        torch.manual_seed(seed)
-        return UniSRec(config, train_data._dataset)
-    finally:
-        for key, value in saved.items():
-            config[key] = value
+    """A fresh model of ``stage`` on the module's dataset, with config keys overridden for this model only."""
+    return model_with_overrides(UniSRec, prepared, seed, train_stage=stage, **overrides)
 
 
 @pytest.fixture(scope="module")
 def batch(prepared):
     """64 real training rows, with both full-length and shorter histories."""
-    _, _, train_data = prepared
-    interaction = next(iter(train_data))[torch.arange(64)]
-    lengths = interaction["item_length"]
-    assert (lengths == 20).any() and (lengths < 10).any()
-    return interaction
+    return training_rows(prepared)
 
 
 def _train(model: UniSRec, interaction, steps: int, lr: float = 3e-3) -> None:
@@ -201,7 +183,7 @@ def test_word_drop_replaces_the_text_of_some_positions(subset_data_path, tmp_pat
     features = np.load(f"{source}.npy")
     np.save(tmp_path / "word_drop.npy", features + np.random.default_rng(0).normal(0, 0.1, features.shape).astype(features.dtype))
     (tmp_path / "word_drop.tokens").write_text(open(f"{source}.tokens").read())
-    prepared = _prepare(
+    prepared = prepare(
         _config(
             subset_data_path,
             tmp_path,
@@ -211,7 +193,7 @@ def test_word_drop_replaces_the_text_of_some_positions(subset_data_path, tmp_pat
         )
     )
     model = _model(prepared, "pretrain", word_drop_modality="word_drop", item_drop_coefficient=0.0).eval()
-    interaction = next(iter(prepared[2]))[torch.arange(64)]
+    interaction = training_rows(prepared)
     items, lengths = interaction["item_id_list"], interaction["item_length"]
     with torch.no_grad():
         view_items, view_lengths, vectors = model.augmented_view(items, lengths)
@@ -222,7 +204,7 @@ def test_word_drop_replaces_the_text_of_some_positions(subset_data_path, tmp_pat
         assert 0.1 < replaced[items > 0].float().mean() < 0.3
         assert torch.isfinite(model.calculate_loss(interaction))
     with pytest.raises(ValueError, match="word_drop_modality 'kg' must hold features of the same encoder"):
-        _model(_prepare(_config(subset_data_path, tmp_path)), "pretrain", word_drop_modality="kg")
+        _model(prepare(_config(subset_data_path, tmp_path)), "pretrain", word_drop_modality="kg")
 
 
 def test_outputs_ignore_padding_later_items_and_the_rest_of_the_batch(prepared, batch):

@@ -1,4 +1,5 @@
 """Building blocks shared by this package's models."""
+from recbole_mmm4rec.blocks.initialization import init_weights
 from recbole_mmm4rec.blocks.item_features import ItemFeatureTable
 from recbole_mmm4rec.blocks.layers import CoTiSSDLayer, FeedForward, ModalityAdapter, TiSSDLayer
 from recbole_mmm4rec.blocks.losses import in_batch_cross_entropy
@@ -17,6 +18,7 @@ __all__ = [
     "TimeAwareSSD",
     "TimeModulation",
     "in_batch_cross_entropy",
+    "init_weights",
     "ssd_dimensions",
     "time_gaps",
 ]

@@ -13,6 +13,8 @@ user vector's dot products with the item's L2-normalised modality vectors.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from recbole.config import Config
@@ -29,6 +31,7 @@ from recbole_mmm4rec.blocks import (
     TimeAwareSSD,
     TiSSDLayer,
     in_batch_cross_entropy,
+    init_weights,
     ssd_dimensions,
     time_gaps,
 )
@@ -127,7 +130,7 @@ class MMM4Rec(SequentialRecommender):
         self.loss_fct = nn.CrossEntropyLoss()
 
         # parameters initialization
-        self.apply(self._init_weights)
+        self.apply(partial(init_weights, std=self.initializer_range))
         for adapter in self.adapters.values():
             if adapter.item_bias is not None:
                 nn.init.zeros_(adapter.item_bias.weight)
@@ -211,16 +214,6 @@ class MMM4Rec(SequentialRecommender):
             dropout_prob=self.dropout_prob,
             layer_norm_eps=self.layer_norm_eps,
         )
-
-    def _init_weights(self, module):
-        """Initialize the weights"""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
 
     def item_vectors(self, item_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Adapted vectors of ``item_ids`` (any shape, or all items if None), one per stream."""

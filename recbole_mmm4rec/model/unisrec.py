@@ -22,6 +22,8 @@ adapt to the new domain.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from recbole.config import Config
@@ -31,7 +33,7 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_mmm4rec.blocks import ItemFeatureTable, MoEAdaptor, in_batch_cross_entropy
+from recbole_mmm4rec.blocks import ItemFeatureTable, MoEAdaptor, in_batch_cross_entropy, init_weights
 from recbole_mmm4rec.data import MultiModalSequentialDataset
 
 TRAIN_STAGES = ("pretrain", "inductive_ft", "transductive_ft")
@@ -118,7 +120,7 @@ class UniSRec(SequentialRecommender):
         self.loss_fct = nn.CrossEntropyLoss()
 
         # parameters initialization
-        self.apply(self._init_weights)
+        self.apply(partial(init_weights, std=self.initializer_range))
         if self.item_embedding is not None:
             nn.init.zeros_(self.item_embedding.weight[0])  # padding
 
@@ -152,16 +154,6 @@ class UniSRec(SequentialRecommender):
                     f"UniSRec: word_drop_modality {self.word_drop_modality!r} must hold features of the same "
                     f"encoder as text_modality {self.text_modality!r}; their sizes differ: {dims}"
                 )
-
-    def _init_weights(self, module):
-        """Initialize the weights"""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
 
     def _adapt(self, features: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         vectors = self.moe_adaptor(features)
