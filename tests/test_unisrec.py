@@ -13,7 +13,7 @@ from recbole.utils import get_trainer
 
 from recbole_mmm4rec import PluginConfig, compat, load_data_and_model
 from recbole_mmm4rec.blocks import MoEAdaptor
-from recbole_mmm4rec.cli import run_recbole_main
+from recbole_mmm4rec.cli import build_parser, run_recbole_main
 from recbole_mmm4rec.model import UniSRec, load_transferable
 from recbole_mmm4rec.model.unisrec import drop_items
 from recbole_mmm4rec.registry import PROPERTIES_DIR
@@ -273,7 +273,6 @@ def test_pretrained_checkpoint_fine_tunes_with_the_key_report_and_frozen_parts(p
         trainer = compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"]))(config, model)
     finally:
         config["weight_decay"] = saved_decay
-    model.train_stage = stage  # the trainer only calls calculate_loss
     trainer._train_epoch(train_data, epoch_idx=0, show_progress=False)
     for name, parameter in model.named_parameters():
         if name in frozen:
@@ -301,6 +300,7 @@ def test_config_errors_name_what_to_fix(prepared):
 
 def test_one_epoch_through_the_cli_then_reload(subset_data_path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    assert "UniSRec" in build_parser().format_help()
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump(subset_config_dict(subset_data_path, tmp_path)))
     argv = [
