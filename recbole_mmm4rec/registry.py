@@ -12,7 +12,7 @@ from typing import Callable
 
 from recbole_mmm4rec import compat
 from recbole_mmm4rec.data import MultiModalSequentialDataset
-from recbole_mmm4rec.model import MMM4Rec
+from recbole_mmm4rec.model import MMM4Rec, UniSRec
 
 PROPERTIES_DIR = os.path.dirname(importlib.import_module("recbole_mmm4rec.properties").__file__)
 
@@ -94,3 +94,4 @@ def dataset_builder(name: str) -> Callable[[str], None] | None:
 
 
 register_model(MMM4Rec)
+register_model(UniSRec)

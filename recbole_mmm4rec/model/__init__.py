@@ -7,11 +7,13 @@ from recbole_mmm4rec.model.transfer import (
     is_item_specific,
     load_transferable,
 )
+from recbole_mmm4rec.model.unisrec import UniSRec
 
 __all__ = [
     "MMM4Rec",
     "TransferError",
     "TransferReport",
+    "UniSRec",
     "freeze_parameters",
     "is_item_specific",
     "load_transferable",
