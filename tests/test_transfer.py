@@ -173,3 +173,20 @@ def test_two_process_gloo_pretraining_follows_the_one_process_curve(domains_root
     for curve in curves:
         assert np.all(np.diff(curve) < 0)
     np.testing.assert_allclose(curves[1] / curves[1][0], curves[0] / curves[0][0], atol=0.05)
+
+
+def test_unisrec_pretrains_on_two_domains_and_fine_tunes_with_its_frozen_encoder(domains_root, subset_data_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    small = {"hidden_size": 32, "inner_size": 64, "n_heads": 2, "n_layers": 1, "n_experts": 4, "train_batch_size": 256}
+    pre = run_pretrain("UniSRec", list(DOMAINS), config_dict=subset_config_dict(domains_root, tmp_path, **small))
+    assert compat.load_checkpoint(pre["checkpoint"])["config"]["train_stage"] == "pretrain"
+    result = run_recbole("UniSRec", SUBSET_NAME, config_dict=subset_config_dict(
+        subset_data_path, tmp_path, **small, pretrained=pre["checkpoint"]), saved=True)
+    lines = result["transfer_report"].splitlines()
+    assert any(line.startswith("  loaded moe_adaptor.") for line in lines)
+    assert "  kept the model's initial item_embedding.weight" in lines  # transductive: a new catalogue's IDs
+    before = compat.load_checkpoint(pre["checkpoint"])["state_dict"]
+    after = compat.load_checkpoint(result["saved_model_file"])["state_dict"]
+    frozen = [k for k in before if k.startswith(("position_embedding.", "trm_encoder."))]  # properties/finetune/UniSRec.yaml
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("moe_adaptor."))
