@@ -26,11 +26,11 @@ from recbole.utils import (
 from recbole.utils.argument_list import dataset_arguments  # includes our keys (compat)
 
 from recbole_mmm4rec import compat, registry
-from recbole_mmm4rec.history import EpochCallback, recording_trainer
-from recbole_mmm4rec.run_logging import init_run_logger
 from recbole_mmm4rec.config import PluginConfig
 from recbole_mmm4rec.data.features import default_mode
+from recbole_mmm4rec.history import EpochCallback, recording_trainer
 from recbole_mmm4rec.model.transfer import TransferError, freeze_parameters, load_transferable
+from recbole_mmm4rec.run_logging import init_run_logger
 
 
 def ensure_dataset_files(config: Config) -> None:
@@ -158,9 +158,12 @@ def prepare_model(model: torch.nn.Module, config: Config) -> str | None:
     if config["pretrained"]:
         report = load_pretrained(model, config["pretrained"])
         logger.info(set_color("Transfer from", "pink") + f" {config['pretrained']}: " + report)
-    if config["freeze"]:
-        frozen = freeze_parameters(model, list(config["freeze"]))
-        logger.info(set_color("Frozen", "pink") + f" {len(frozen)} parameters (freeze: {list(config['freeze'])}): {frozen}")
+    prefixes = config["freeze"] or []
+    if isinstance(prefixes, str):  # --freeze=adapters,primary_layers arrives as a string
+        prefixes = [name.strip() for name in prefixes.strip("[]").split(",") if name.strip()]
+    if prefixes:
+        frozen = freeze_parameters(model, list(prefixes))
+        logger.info(set_color("Frozen", "pink") + f" {len(frozen)} parameters (freeze: {list(prefixes)}): {frozen}")
     return report
 
 

@@ -139,7 +139,8 @@ def test_frozen_parts_keep_their_pretrained_values(subset_data_path, pretrained,
     assert all(torch.equal(pre[k], tuned[k]) for k in frozen)
     assert any(not torch.equal(pre[k], tuned[k]) for k in trained)
     with pytest.raises(ValueError, match="freeze: 'primary_layer' names no parameter"):
-        run_recbole("MMM4Rec", SUBSET_NAME, config_dict={**settings, "freeze": ["primary_layer"]})
+        # the command line's string form, which overrides the config dict's list
+        run_recbole("MMM4Rec", SUBSET_NAME, config_dict=settings, cmd_args=["--freeze=adapters.kg,primary_layer"])
 
 
 def test_foreign_and_mismatched_checkpoints_are_clear_errors(subset_data_path, pretrained, tmp_path, monkeypatch):
