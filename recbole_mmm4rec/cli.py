@@ -1,7 +1,8 @@
-"""``run_recbole`` and ``run_hyper``: RecBole's command lines, for RecBole's models and this package's.
+"""``run_recbole``, ``run_pretrain`` and ``run_hyper``: RecBole's command lines, for RecBole's
+models and this package's.
 
-Each turns argv into a call of quick start (``run_recbole``) or tuning (``run_hyper``); any
-``--key=value`` they do not know is a RecBole config override.
+Each turns argv into a call of quick start, pre-training or tuning; any ``--key=value`` they do
+not know is a RecBole config override.
 """
 from __future__ import annotations
 
@@ -13,45 +14,21 @@ from recbole_mmm4rec import registry
 from recbole_mmm4rec.allocator import keep_freed_memory
 
 
-def build_parser() -> argparse.ArgumentParser:
-    plugins = registry.plugin_models()
-    listing = "\n".join(
-        f"  {name:<12} {plugin.model_class.__doc__.strip().splitlines()[0] if plugin.model_class.__doc__ else ''}"
-        for name, plugin in sorted(plugins.items())
-    )
-    parser = argparse.ArgumentParser(
-        prog="run_recbole",
-        description="Train and evaluate a recommender with RecBole, including recbole-mmm4rec's "
-        "plugin models. Any other --key=value sets a RecBole config key "
-        "(e.g. --epochs=5 --train_batch_size=512).",
-        epilog=f"plugin models:\n{listing or '  (none registered)'}\n"
-        "every RecBole built-in model name works as well (SASRec, GRU4Rec, BPR, ...).\n"
-        f"buildable datasets: {', '.join(sorted(registry.DATASET_BUILDERS))} "
-        "(built from installed data on first use).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    add_model_arguments(parser)
-    parser.add_argument("--nproc", type=int, default=1, help="number of processes")
-    parser.add_argument("--ip", type=str, default="localhost", help="ip of the master node")
-    parser.add_argument("--port", type=str, default="5678", help="port of the master node")
-    parser.add_argument("--world_size", type=int, default=-1, help="total number of jobs")
-    parser.add_argument("--group_offset", type=int, default=0, help="global rank offset of this group")
-    return parser
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --dataset and --config_files, as in RecBole's run_recbole.py."""
+def add_model_and_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model and --config_files, as in RecBole's run_recbole.py."""
     parser.add_argument(
         "--model", "-m", type=str, default=None,
-        help="name of the model (default: the config files' `model`; BPR without config files)",
-    )
-    parser.add_argument(
-        "--dataset", "-d", type=str, default=None,
-        help="name of the dataset (default: the config files' `dataset`; ml-100k without config files)",
+        help="name of the model (default BPR; run_recbole and run_hyper take the config files' `model` when they name one)",
     )
     parser.add_argument(
         "--config_files", type=str, default=None, help="config files, separated by spaces"
+    )
+
+
+def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset", "-d", type=str, default=None,
+        help="name of the dataset (default ml-100k, or the config files' `dataset` when they name one)",
     )
 
 
@@ -65,6 +42,55 @@ def model_and_dataset(args: argparse.Namespace) -> tuple[str | None, str | None]
 
 def config_file_list(args: argparse.Namespace) -> list[str] | None:
     return args.config_files.strip().split() if args.config_files else None
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The flags both commands share, RecBole's names and defaults."""
+    plugins = registry.plugin_models()
+    listing = "\n".join(
+        f"  {name:<12} {plugin.model_class.__doc__.strip().splitlines()[0] if plugin.model_class.__doc__ else ''}"
+        for name, plugin in sorted(plugins.items())
+    )
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description + " Any other --key=value sets a RecBole config key "
+        "(e.g. --epochs=5 --train_batch_size=512).",
+        epilog=f"plugin models:\n{listing or '  (none registered)'}\n"
+        "every RecBole built-in model name works as well (SASRec, GRU4Rec, BPR, ...).\n"
+        f"buildable datasets: {', '.join(sorted(registry.DATASET_BUILDERS))} "
+        "(built from installed data on first use).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    add_model_and_config_arguments(parser)
+    parser.add_argument("--nproc", type=int, default=1, help="number of processes on this machine")
+    parser.add_argument("--ip", type=str, default="localhost", help="ip of the master node")
+    parser.add_argument("--port", type=str, default="5678", help="port of the master node")
+    parser.add_argument("--world_size", type=int, default=-1, help="total number of jobs")
+    parser.add_argument("--group_offset", type=int, default=0, help="global rank offset of this group")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _parser(
+        "run_recbole",
+        "Train and evaluate a recommender with RecBole, including recbole-mmm4rec's plugin "
+        "models. --pretrained=FILE.pth starts from a checkpoint's transferable weights.",
+    )
+    add_dataset_argument(parser)
+    return parser
+
+
+def build_pretrain_parser() -> argparse.ArgumentParser:
+    parser = _parser(
+        "run_pretrain",
+        "Pre-train a model on one or several datasets (domains, merged with their item and user "
+        "tokens namespaced), on every interaction, with a checkpoint every save_step epochs; "
+        "a re-run with the same settings resumes. --nproc, --world_size, --ip and --port run "
+        "DistributedDataParallel (gloo on CPU, NCCL on GPUs).",
+    )
+    parser.add_argument("--datasets", "-d", type=str, required=True, help="dataset names, separated by commas")
+    return parser
 
 
 def format_result_table(title: str, result: dict) -> str:
@@ -99,8 +125,31 @@ def run_recbole_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(run_recbole_main())
+def run_pretrain_main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = build_pretrain_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    from recbole_mmm4rec.pretrain import launch_pretrain
+
+    keep_freed_memory()
+    model = args.model or "BPR"
+    result = launch_pretrain(
+        model=model,
+        datasets=[name.strip() for name in args.datasets.split(",") if name.strip()],
+        config_file_list=config_file_list(args),
+        cmd_args=overrides,
+        nproc=args.nproc,
+        world_size=args.world_size,
+        ip=args.ip,
+        port=args.port,
+        group_offset=args.group_offset,
+    )
+    if result is not None:
+        resumed = f", resumed from {result['resumed_from']}" if result["resumed_from"] else ""
+        print(
+            f"{model} pre-trained on {args.datasets}: {result['epochs_trained']} epochs this run{resumed}, "
+            f"{result['seconds_per_epoch']:.1f} s/epoch; checkpoint {result['checkpoint']}\n"
+            f"per-epoch records: {result['epoch_history_file']}"
+        )
+    return 0
 
 
 def build_hyper_parser() -> argparse.ArgumentParser:
@@ -114,7 +163,8 @@ def build_hyper_parser() -> argparse.ArgumentParser:
         "RecBole. Outputs go to <storage_path>/<name>: results.csv, best.yaml, Ray's trial folders.",
         allow_abbrev=False,
     )
-    add_model_arguments(parser)
+    add_model_and_config_arguments(parser)
+    add_dataset_argument(parser)
     parser.add_argument("--params_file", type=str, required=True, help="search space: .hyper or .yaml")
     parser.add_argument("--num_samples", type=int, default=1, help="trials (per grid point with --algo=exhaustive)")
     parser.add_argument("--algo", choices=("random", "exhaustive"), default="random",
@@ -155,3 +205,7 @@ def run_hyper_main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"best configuration: {result.best_config_file} (run_recbole --config_files={result.best_config_file})")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_recbole_main())

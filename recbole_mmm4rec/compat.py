@@ -256,11 +256,36 @@ class _ExtraLearnersMixin:
         )
 
 
+class _AnyDeviceDistributedMixin:
+    """RecBole wraps the model in DistributedDataParallel with CUDA device ids, which CPU (gloo)
+    refuses; wrap it for the model's device instead. Buffers are not broadcast at every step:
+    the only ones of this package's models are the item feature tables, identical on every rank."""
+
+    def __init__(self, config, model):
+        distributed = not config["single_spec"]
+        config["single_spec"] = True
+        try:
+            super().__init__(config, model)
+        finally:
+            config["single_spec"] = not distributed
+        if distributed:
+            on_cuda = config["device"].type == "cuda"
+            # Non-persistent buffers (item feature tables) are built from the same data on every
+            # rank: broadcasting them would write into, hence copy, memory-mapped tables.
+            persistent = model.state_dict()
+            derived = [name for name, _ in model.named_buffers() if name not in persistent]
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, derived)
+            self.distributed_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[config["local_rank"]] if on_cuda else None, broadcast_buffers=False
+            )
+
+
 _COMPATIBLE_TRAINERS: dict[type, type] = {}
 
 
 def compatible_trainer(trainer_class: type) -> type:
-    """``trainer_class`` with checkpoint reloads that work under torch >= 2.6, and NAdam.
+    """``trainer_class`` with checkpoint reloads that work under torch >= 2.6, NAdam, and
+    distributed training on CPU.
 
     Trainers outside RecBole's ``Trainer`` hierarchy (decision trees, traditional models) do not
     reload torch checkpoints and are returned unchanged.
@@ -271,6 +296,8 @@ def compatible_trainer(trainer_class: type) -> type:
         return trainer_class
     if trainer_class not in _COMPATIBLE_TRAINERS:
         _COMPATIBLE_TRAINERS[trainer_class] = type(
-            trainer_class.__name__, (_CheckpointReloadMixin, _ExtraLearnersMixin, trainer_class), {}
+            trainer_class.__name__,
+            (_CheckpointReloadMixin, _ExtraLearnersMixin, _AnyDeviceDistributedMixin, trainer_class),
+            {},
         )
     return _COMPATIBLE_TRAINERS[trainer_class]

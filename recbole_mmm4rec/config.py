@@ -5,6 +5,8 @@ import os
 from logging import getLogger
 from typing import Sequence
 
+import torch
+
 from recbole.config import Config
 from recbole.utils import ModelType
 
@@ -19,10 +21,15 @@ class PluginConfig(Config):
       call never reads the caller's ``sys.argv``.
     * After RecBole's internal YAML files (overall, model, sample, dataset, model-type), this
       package layers its own, in this order: ``properties/overall.yaml`` (multimodal keys), the
-      plugin model's YAML, ``properties/dataset/<dataset>.yaml``. A plugin model's defaults thus
+      plugin model's YAML, the stage's YAML (``properties/pretrain/<model>.yaml`` when
+      ``train_stage`` is ``pretrain``, ``properties/finetune/<model>.yaml`` when ``pretrained``
+      is set; recorded in :attr:`stage_file`), ``properties/dataset/<dataset>.yaml``. A plugin model's defaults thus
       override RecBole's generic ones (e.g. ``MAX_ITEM_LIST_LENGTH`` from sample.yaml), which a
       built-in model's YAML cannot. A sequential model with CE loss defaults to
       ``train_neg_sample_args: ~`` (RecBole 1.2.1 otherwise refuses to start).
+
+    * A distributed run (``local_rank`` set) on CPU uses torch.distributed's gloo backend; RecBole
+      1.2.1 always initialises NCCL on CUDA devices.
 
     User settings keep RecBole's precedence over all of these: command line > config dict >
     config files.
@@ -76,7 +83,8 @@ class PluginConfig(Config):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         plugin = registry.get_plugin(model)
-        for file in (os.path.join(registry.PROPERTIES_DIR, "overall.yaml"), plugin and plugin.config_file):
+        self.stage_file = self._stage_file(model)
+        for file in (os.path.join(registry.PROPERTIES_DIR, "overall.yaml"), plugin and plugin.config_file, self.stage_file):
             if file:
                 self._update_internal_config_dict(file)
         dataset_file = os.path.join(registry.PROPERTIES_DIR, "dataset", f"{dataset}.yaml")
@@ -84,6 +92,26 @@ class PluginConfig(Config):
             loaded = self._update_internal_config_dict(dataset_file) or {}
             # RecBole compares these keys to decide whether a saved dataset is still valid.
             self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
+
+    def _init_device(self):
+        final = self.final_config_dict
+        if "local_rank" not in final or (torch.cuda.is_available() and final.get("use_gpu", True)):
+            return super()._init_device()
+        torch.distributed.init_process_group(
+            backend="gloo",
+            rank=final["local_rank"] + final.get("offset", 0),
+            world_size=final["world_size"],
+            init_method=f"tcp://{final['ip']}:{final['port']}",
+        )
+        final.update(device=torch.device("cpu"), single_spec=False)
+        if final["local_rank"] != 0:  # one rank reports, as in RecBole
+            final.update(state="error", show_progress=False, verbose=False)
+
+    def _stage_file(self, model: str) -> str | None:
+        settings = self.external_config_dict
+        stage = "pretrain" if settings.get("train_stage") == "pretrain" else "finetune" if settings.get("pretrained") else None
+        file = stage and os.path.join(registry.PROPERTIES_DIR, stage, f"{model}.yaml")
+        return file if file and os.path.isfile(file) else None
 
     def _get_final_config_dict(self):
         final = super()._get_final_config_dict()

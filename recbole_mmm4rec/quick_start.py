@@ -6,8 +6,8 @@ import pickle
 import shutil
 import tempfile
 import time
-from logging import getLogger
-from typing import Any, Sequence
+from logging import Logger, getLogger
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -26,10 +26,11 @@ from recbole.utils import (
 from recbole.utils.argument_list import dataset_arguments  # includes our keys (compat)
 
 from recbole_mmm4rec import compat, registry
-from recbole_mmm4rec.history import EpochCallback, recording_trainer
-from recbole_mmm4rec.run_logging import init_run_logger
 from recbole_mmm4rec.config import PluginConfig
 from recbole_mmm4rec.data.features import default_mode
+from recbole_mmm4rec.history import EpochCallback, recording_trainer
+from recbole_mmm4rec.model.transfer import TransferError, freeze_parameters, load_transferable
+from recbole_mmm4rec.run_logging import init_run_logger
 
 
 def ensure_dataset_files(config: Config) -> None:
@@ -38,30 +39,42 @@ def ensure_dataset_files(config: Config) -> None:
     RecBole would try to download any dataset it cannot find; here a missing folder is either
     built from installed data (``ml-100k-mm``) or reported with what to set.
     """
-    dataset_dir = config["data_path"]
-    inter_file = os.path.join(dataset_dir, f"{config['dataset']}.inter")
-    if os.path.isfile(inter_file) or config["benchmark_filename"]:
+    if not config["benchmark_filename"]:
+        ensure_dataset_folder(config["dataset"], config["data_path"])
+
+
+def ensure_dataset_folder(name: str, dataset_dir: str) -> None:
+    """Make sure ``dataset_dir`` holds dataset ``name``'s atomic files, building it if this
+    package can (see :data:`recbole_mmm4rec.registry.DATASET_BUILDERS`)."""
+    inter_file = os.path.join(dataset_dir, f"{name}.inter")
+    if os.path.isfile(inter_file):
         return
-    builder = registry.dataset_builder(config["dataset"])
+    builder = registry.dataset_builder(name)
     if builder is None:
         if os.path.isdir(dataset_dir):
             return  # RecBole reports what is missing inside an existing folder
         raise FileNotFoundError(
-            f"dataset {config['dataset']!r} not found: no folder {dataset_dir}. Put its atomic "
-            f"files ({config['dataset']}.inter, ...) there or set data_path to their parent folder."
+            f"dataset {name!r} not found: no folder {dataset_dir}. Put its atomic "
+            f"files ({name}.inter, ...) there or set data_path to their parent folder."
         )
+    build_dataset_folder(name, dataset_dir, builder)
+
+
+def build_dataset_folder(name: str, dataset_dir: str, builder: Callable[[str], Any]) -> None:
+    """Run ``builder(folder)`` into a staging folder renamed to ``dataset_dir`` when complete."""
+    inter_file = os.path.join(dataset_dir, f"{name}.inter")
     if os.path.isdir(dataset_dir) and os.listdir(dataset_dir):
         raise FileExistsError(
-            f"{dataset_dir} exists but holds no {config['dataset']}.inter. Remove or rename it to "
-            f"let recbole-mmm4rec build {config['dataset']} there; nothing in it was touched."
+            f"{dataset_dir} exists but holds no {name}.inter. Remove or rename it to "
+            f"let recbole-mmm4rec build {name} there; nothing in it was touched."
         )
     logger = getLogger()
-    logger.info(set_color(f"Building {config['dataset']} into {dataset_dir} (first use)", "pink"))
+    logger.info(set_color(f"Building {name} into {dataset_dir} (first use)", "pink"))
     parent = os.path.dirname(os.path.abspath(dataset_dir))
     os.makedirs(parent, exist_ok=True)
     # Build beside the target and rename, so a crash or a concurrent run never leaves a half
     # dataset, and an existing folder is never overwritten.
-    staging = tempfile.mkdtemp(dir=parent, prefix=f".{config['dataset']}-building-")
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{name}-building-")
     try:
         builder(staging)
         os.chmod(staging, default_mode(0o777))  # mkdtemp creates 0700
@@ -112,6 +125,60 @@ def build_model_and_trainer(config: Config, train_data) -> tuple[torch.nn.Module
     return model, trainer_class
 
 
+def load_pretrained(model: torch.nn.Module, checkpoint_file: str) -> str:
+    """Load a checkpoint's transferable weights into ``model``; returns the key report.
+
+    ``checkpoint_file`` is a RecBole checkpoint (``run_pretrain``, ``run_recbole``) of the same
+    model class, or a bare state dict. Raises :class:`TransferError` for another model's
+    checkpoint or mismatched shapes.
+    """
+    checkpoint = compat.load_checkpoint(checkpoint_file, map_location="cpu")
+    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+        saved_model = checkpoint["config"]["model"] if "config" in checkpoint else None
+        if saved_model is not None and saved_model != type(model).__name__:
+            raise TransferError(
+                f"{checkpoint_file} is a checkpoint of {saved_model}, not of {type(model).__name__}; "
+                f"pass a checkpoint saved by {type(model).__name__} (run_pretrain or run_recbole)"
+            )
+        state_dict = checkpoint["state_dict"]
+    elif isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        state_dict = checkpoint
+    else:
+        raise TransferError(
+            f"{checkpoint_file}: expected a RecBole checkpoint (a dict with 'state_dict') or a state "
+            f"dict, found {type(checkpoint).__name__}"
+        )
+    return load_transferable(model, state_dict).summary()
+
+
+def prepare_model(model: torch.nn.Module, config: Config) -> str | None:
+    """Transferable weights from ``pretrained``, then ``freeze``, both logged; returns the key report."""
+    logger = getLogger()
+    report = None
+    if config["pretrained"]:
+        report = load_pretrained(model, config["pretrained"])
+        logger.info(set_color("Transfer from", "pink") + f" {config['pretrained']}: " + report)
+    prefixes = config["freeze"] or []
+    if isinstance(prefixes, str):  # --freeze=adapters,primary_layers arrives as a string
+        prefixes = [name.strip() for name in prefixes.strip("[]").split(",") if name.strip()]
+    if prefixes:
+        frozen = freeze_parameters(model, list(prefixes))
+        logger.info(set_color("Frozen", "pink") + f" {len(frozen)} parameters (freeze: {list(prefixes)}): {frozen}")
+    return report
+
+
+def start_run(config: PluginConfig) -> Logger:
+    """Seed, this run's log file, and the settings at the top of the log."""
+    init_seed(config["seed"], config["reproducibility"])
+    init_run_logger(config)
+    logger = getLogger()
+    logger.info(f"command line overrides: {config.cmd_args}")
+    if config.stage_file:
+        logger.info(f"stage defaults: {config.stage_file}")
+    logger.info(config)
+    return logger
+
+
 def _last_evaluated_epoch(trainer) -> int:
     """The last epoch RecBole evaluated: it evaluates after epochs e with (e + 1) % eval_step == 0."""
     last_trained = max(trainer.train_loss_dict, default=-1)
@@ -134,11 +201,13 @@ def run_recbole(
     with each epoch's record (see :class:`recbole_mmm4rec.history.EpochHistory`) as it ends.
 
     Returns:
-        ``model`` and ``dataset`` (the names the config resolved), ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
+        ``model`` and ``dataset`` (the names the config resolved), ``best_valid_score``,
+        ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
         ``saved_model_file`` (the best checkpoint, when ``saved``), ``parameters`` (trainable),
         ``epochs_trained``, ``best_epoch`` (0-based) and ``seconds_per_epoch`` (training and
         validation wall time per epoch), ``epoch_history`` (the per-epoch records) and
-        ``epoch_history_file`` (their CSV beside the log; a JSON beside it too).
+        ``epoch_history_file`` (their CSV beside the log; a JSON beside it too),
+        ``transfer_report`` (which keys ``pretrained`` loaded and skipped, or None).
     """
     compat.import_recbole_models()
     config = PluginConfig(
@@ -148,17 +217,13 @@ def run_recbole(
         config_dict=config_dict,
         cmd_args=cmd_args,
     )
-    init_seed(config["seed"], config["reproducibility"])
-    init_run_logger(config)
-    logger = getLogger()
-    logger.info(f"command line overrides: {config.cmd_args}")
-    logger.info(config)
-
+    logger = start_run(config)
     dataset = create_dataset(config)
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
     model, trainer_class = build_model_and_trainer(config, train_data)
+    transfer_report = prepare_model(model, config)
     logger.info(model)
     transform = construct_transform(config)
     flops = get_flops(model, dataset, config["device"], logger, transform)
@@ -198,6 +263,7 @@ def run_recbole(
         "seconds_per_epoch": fit_seconds / max(epochs_trained, 1),
         "epoch_history": history.records if history else [],
         "epoch_history_file": history.csv_path if history else None,
+        "transfer_report": transfer_report,
     }
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 from recbole_mmm4rec import compat
 from recbole_mmm4rec.data import MultiModalSequentialDataset
-from recbole_mmm4rec.model import MMM4Rec
+from recbole_mmm4rec.model import MMM4Rec, UniSRec
 
 PROPERTIES_DIR = os.path.dirname(importlib.import_module("recbole_mmm4rec.properties").__file__)
 
@@ -30,6 +30,7 @@ _MODELS: dict[str, PluginModel] = {}
 # name -> "module:function" taking the dataset folder to write.
 DATASET_BUILDERS: dict[str, str] = {
     "ml-100k-mm": "recbole_mmm4rec.dataset_scripts.ml100k_mm:build_ml100k_mm",
+    "ml-1m-mm": "recbole_mmm4rec.dataset_scripts.ml1m_mm:build_ml1m_mm",
 }
 
 
@@ -93,3 +94,4 @@ def dataset_builder(name: str) -> Callable[[str], None] | None:
 
 
 register_model(MMM4Rec)
+register_model(UniSRec)

@@ -36,7 +36,7 @@ from recbole_mmm4rec.search_space import Parameter, load_search_space, ray_param
 
 METRIC = "valid_score"  # RecBole's valid_metric value, reported under one name for every model
 # Keys holding paths: made absolute before the search, since trials run in their own folders.
-PATH_KEYS = ("data_path", "checkpoint_dir", "dataset_save_path", "dataloaders_save_path")
+PATH_KEYS = ("data_path", "checkpoint_dir", "dataset_save_path", "dataloaders_save_path", "pretrained")
 # Keys that decide how many evaluations a trial makes, which ASHA's rungs are counted in.
 SCHEDULE_KEYS = ("epochs", "eval_step")
 

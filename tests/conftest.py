@@ -6,6 +6,7 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 
 from recbole_mmm4rec.dataset_scripts.ml100k_mm import build_ml100k_mm
 
@@ -38,6 +39,18 @@ def subset_data_path(ml100k_mm_dir, tmp_path_factory) -> str:
     return str(root)
 
 
+# MMM4Rec small but complete: 4 heads of 16 in 2 groups, several SSD chunks per sequence.
+SMALL_MMM4REC = {
+    "hidden_size": 32,
+    "inner_size": 64,
+    "head_dim": 16,
+    "d_state": 8,
+    "n_groups": 2,
+    "chunk_size": 8,
+    "dropout_prob": 0.0,
+}
+
+
 def subset_config_dict(data_path: str, tmp_path, **overrides) -> dict:
     """A CPU-sized config for the subset; every artefact goes under ``tmp_path``."""
     config = {
@@ -58,6 +71,49 @@ def subset_config_dict(data_path: str, tmp_path, **overrides) -> dict:
     }
     config.update(overrides)
     return config
+
+
+def subset_config(model: str, data_path: str, tmp_path, **overrides):
+    """A plugin model's :class:`PluginConfig` on the subset (:func:`subset_config_dict`)."""
+    from recbole_mmm4rec import PluginConfig
+
+    return PluginConfig(model=model, dataset=SUBSET_NAME, config_dict=subset_config_dict(data_path, tmp_path, **overrides))
+
+
+def prepare(config) -> tuple:
+    """(config, dataset, train_data) for ``config``."""
+    from recbole.data import data_preparation
+
+    from recbole_mmm4rec import create_dataset
+
+    dataset = create_dataset(config)
+    train_data, _, _ = data_preparation(config, dataset)
+    return config, dataset, train_data
+
+
+def model_with_overrides(model_class: type, prepared: tuple, seed: int = 0, **overrides):
+    """A fresh seeded ``model_class`` on ``prepared``'s dataset, with config keys overridden for
+    this model only (``prepared`` as returned by :func:`prepare`)."""
+    config, _, train_data = prepared
+    saved = {key: config[key] for key in overrides}
+    for key, value in overrides.items():
+        config[key] = value
+    try:
+        torch.manual_seed(seed)
+        return model_class(config, train_data._dataset)
+    finally:
+        for key, value in saved.items():
+            config[key] = value
+
+
+def training_rows(prepared: tuple, n: int = 64):
+    """The first ``n`` rows of the first training batch: real histories, both full-length (20)
+    and shorter than 10."""
+    _, _, train_data = prepared
+    interaction = next(iter(train_data))[torch.arange(n)]
+    lengths = interaction["item_length"]
+    assert (lengths == 20).any() and (lengths < 10).any()
+    return interaction
 
 
 @pytest.fixture

@@ -172,6 +172,25 @@ def test_rows_of_filtered_out_items_are_not_unknown(subset_data_path, tmp_path):
     assert bool(dataset.item_feature_mask("text")[1:].all())
 
 
+def test_memory_mapped_tables_equal_in_memory_ones_and_share_one_file(subset_data_path, tmp_path, monkeypatch):
+    monkeypatch.setattr("recbole_mmm4rec.data.features.ALIGN_ROWS_PER_BLOCK", 100)  # several blocks
+    in_memory = make_dataset(subset_data_path, tmp_path / "a", modalities=["text", "kg"])
+    mapped = [make_dataset(subset_data_path, tmp_path / "b", modalities=["text", "kg"], memory_map_features=True) for _ in range(2)]
+    for modality in ("text", "kg"):  # kg fills 86 movies with the mean of the others
+        for dataset in mapped:
+            torch.testing.assert_close(dataset.item_feature_table(modality), in_memory.item_feature_table(modality))
+    folder = tmp_path / "b" / "saved" / "features"
+    files = sorted(os.listdir(folder))  # the second dataset mapped the first one's files
+    assert len(files) == 2 and all(name.endswith(".npy") for name in files)  # no temporary left
+    (text_file,) = [name for name in files if ".text." in name]
+    on_disk = np.load(folder / text_file)
+    np.testing.assert_array_equal(on_disk, mapped[0].item_feature_table("text").numpy())
+    # Copy-on-write: a write through one process's view never reaches the file or the others.
+    first, second = (d.item_feature_table("text") for d in mapped)
+    first[1, 0] += 1.0
+    assert second[1, 0] == on_disk[1, 0] == np.load(folder / text_file)[1, 0] != first[1, 0]
+
+
 def test_align_rejects_bad_policy_and_padding_rows():
     token_to_id = {"[PAD]": 0, "a": 1, "b": 2}
     matrix = np.ones((2, 3), dtype=np.float32)

@@ -4,57 +4,38 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from recbole.data import data_preparation
 from recbole.utils import get_trainer
 
 from recbole_mmm4rec import PluginConfig, compat, create_dataset, load_data_and_model, run_recbole
 from recbole_mmm4rec.blocks import FourierTimeFilter, TimeAwareSSD, TimeModulation
 from recbole_mmm4rec.data.features import FeatureFileError
 from recbole_mmm4rec.model import MMM4Rec, TransferError, load_transferable
-from tests.conftest import SUBSET_NAME, subset_config_dict
+from tests.conftest import (
+    SMALL_MMM4REC,
+    SUBSET_NAME,
+    model_with_overrides,
+    prepare,
+    subset_config,
+    subset_config_dict,
+    training_rows,
+)
 
-# Small but complete: 4 heads of 16 in 2 groups, several SSD chunks per sequence.
-SMALL = {
-    "hidden_size": 32,
-    "inner_size": 64,
-    "head_dim": 16,
-    "d_state": 8,
-    "n_groups": 2,
-    "chunk_size": 8,
-    "dropout_prob": 0.0,
-}
+SMALL = SMALL_MMM4REC
 
 
 def _config(data_path, tmp_path, **overrides) -> PluginConfig:
-    return PluginConfig(
-        model="MMM4Rec",
-        dataset=SUBSET_NAME,
-        config_dict=subset_config_dict(data_path, tmp_path, **{**SMALL, **overrides}),
-    )
+    return subset_config("MMM4Rec", data_path, tmp_path, **{**SMALL, **overrides})
 
 
 @pytest.fixture(scope="module")
 def prepared(subset_data_path, tmp_path_factory):
     """(config, dataset, train_data) of the real subset, built once for the module."""
-    tmp_path = tmp_path_factory.mktemp("mmm4rec")
-    config = _config(subset_data_path, tmp_path)
-    dataset = create_dataset(config)
-    train_data, _, _ = data_preparation(config, dataset)
-    return config, dataset, train_data
+    return prepare(_config(subset_data_path, tmp_path_factory.mktemp("mmm4rec")))
 
 
 def _model(prepared, seed: int = 0, **overrides) -> MMM4Rec:
     """A fresh model on the module's dataset, with config keys overridden for this model only."""
-    config, _, train_data = prepared
-    saved = {key: config[key] for key in overrides}
-    for key, value in overrides.items():
-        config[key] = value
-    try:
-        torch.manual_seed(seed)
-        return MMM4Rec(config, train_data._dataset)
-    finally:
-        for key, value in saved.items():
-            config[key] = value
+    return model_with_overrides(MMM4Rec, prepared, seed, **overrides)
 
 
 def _amplify_time_path(model: MMM4Rec) -> MMM4Rec:
@@ -84,11 +65,7 @@ def _without_gradient(model: MMM4Rec) -> list[str]:
 @pytest.fixture(scope="module")
 def batch(prepared):
     """64 real training rows, with both full-length and shorter histories."""
-    _, _, train_data = prepared
-    interaction = next(iter(train_data))[torch.arange(64)]
-    lengths = interaction["item_length"]
-    assert (lengths == 20).any() and (lengths < 10).any()
-    return interaction
+    return training_rows(prepared)
 
 
 def _with_extra_padding(interaction, extra: int) -> dict[str, torch.Tensor]:

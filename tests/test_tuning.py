@@ -17,11 +17,10 @@ import yaml
 from recbole_mmm4rec.cli import run_hyper_main
 from recbole_mmm4rec.search_space import SearchSpaceError, load_search_space, ray_param_space
 from recbole_mmm4rec.registry import PROPERTIES_DIR
-from tests.conftest import SUBSET_NAME, subset_config_dict
+from tests.conftest import SMALL_MMM4REC, SUBSET_NAME, subset_config_dict
 from tests.test_cli import parse_table
 
 BIN = os.path.dirname(sys.executable)
-TINY_MMM4REC = {"hidden_size": 32, "inner_size": 64, "head_dim": 16, "d_state": 8, "n_groups": 2}
 TINY_SASREC = {"hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 2}
 
 
@@ -62,7 +61,7 @@ def test_two_trial_search_writes_table_and_a_best_yaml_that_run_recbole_runs(
     # Relative paths on purpose: trials run in Ray's folders, the search makes them absolute.
     relative_data = os.path.relpath(subset_data_path, tmp_path)
     config_file, space_file = write_files(
-        tmp_path, relative_data, "choice:\n  learning_rate: [0.001, 0.003]\n", "space.yaml", **TINY_MMM4REC
+        tmp_path, relative_data, "choice:\n  learning_rate: [0.001, 0.003]\n", "space.yaml", **SMALL_MMM4REC
     )
     argv = hyper_argv("MMM4Rec", "fixed.yaml", "space.yaml", tmp_path, "--algo=exhaustive", "--scheduler=fifo")
     assert run_hyper_main(argv) == 0
@@ -78,7 +77,7 @@ def test_two_trial_search_writes_table_and_a_best_yaml_that_run_recbole_runs(
     assert best["model"] == "MMM4Rec" and best["dataset"] == SUBSET_NAME
     assert best["learning_rate"] == float(rows[0]["learning_rate"])
     assert best["data_path"] == subset_data_path and os.path.isabs(best["checkpoint_dir"])
-    assert {k: best[k] for k in TINY_MMM4REC} == TINY_MMM4REC and best["modalities"] == ["text", "kg"]
+    assert {k: best[k] for k in SMALL_MMM4REC} == SMALL_MMM4REC and best["modalities"] == ["text", "kg"]
 
     # The best configuration alone reproduces the best trial (same seed, one thread as in Ray).
     elsewhere = tmp_path / "elsewhere"

@@ -1,6 +1,9 @@
 """Building blocks shared by this package's models."""
+from recbole_mmm4rec.blocks.initialization import init_weights
 from recbole_mmm4rec.blocks.item_features import ItemFeatureTable
 from recbole_mmm4rec.blocks.layers import CoTiSSDLayer, FeedForward, ModalityAdapter, TiSSDLayer
+from recbole_mmm4rec.blocks.losses import in_batch_cross_entropy
+from recbole_mmm4rec.blocks.moe_adaptor import MoEAdaptor
 from recbole_mmm4rec.blocks.ssd_block import TimeAwareSSD, ssd_dimensions
 from recbole_mmm4rec.blocks.time_channel import FourierTimeFilter, TimeModulation, time_gaps
 
@@ -10,9 +13,12 @@ __all__ = [
     "FourierTimeFilter",
     "ItemFeatureTable",
     "ModalityAdapter",
+    "MoEAdaptor",
     "TiSSDLayer",
     "TimeAwareSSD",
     "TimeModulation",
+    "in_batch_cross_entropy",
+    "init_weights",
     "ssd_dimensions",
     "time_gaps",
 ]

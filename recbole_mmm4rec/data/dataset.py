@@ -1,6 +1,7 @@
 """MultiModalSequentialDataset: RecBole's SequentialDataset plus per-item feature matrices."""
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -23,6 +24,7 @@ DATASET_KEYS = [
     "modality_dims",
     "missing_feature_policy",
     "unknown_feature_tokens",
+    "memory_map_features",
 ]
 
 
@@ -39,6 +41,8 @@ class MultiModalSequentialDataset(SequentialDataset):
     * ``missing_feature_policy`` (str or dict per modality): ``zero``, ``mean``, ``learned`` or
       ``error`` for items that have no feature row.
     * ``unknown_feature_tokens`` (``error`` or ``ignore``): rows whose token the dataset never had.
+    * ``memory_map_features`` (bool): keep each aligned table in a file under
+      ``<checkpoint_dir>/features/`` and map it, so that processes share one copy.
 
     The time field is kept in float64 so that ``<time>_list`` carries exact timestamps; like
     every ``*_list`` field of RecBole it holds the history only, never the target's time.
@@ -77,6 +81,20 @@ class MultiModalSequentialDataset(SequentialDataset):
             f"'features' and optionally 'tokens', found {entry!r}"
         )
 
+    def _aligned_path(self, modality: str, features_path: str, policy: str) -> str:
+        """The aligned table's file: named by everything it depends on (the feature file, the
+        policy, the item ids), so a stale one is never mapped."""
+        stat = os.stat(features_path)
+        digest = hashlib.md5(
+            "\n".join(
+                [os.path.abspath(features_path), str(stat.st_size), str(stat.st_mtime_ns), policy]
+                + list(self.field2id_token[self.iid_field])
+            ).encode("utf-8")
+        ).hexdigest()[:12]
+        folder = os.path.join(self.config["checkpoint_dir"], "features")
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, f"{self.dataset_name}.{modality}.{digest}.npy")
+
     def _missing_policy(self, modality: str) -> str:
         policy = self.config["missing_feature_policy"] or "error"
         return policy.get(modality, "error") if isinstance(policy, dict) else policy
@@ -94,6 +112,7 @@ class MultiModalSequentialDataset(SequentialDataset):
         expected_dim = (self.config["modality_dims"] or {}).get(modality)
         tokens, matrix = read_item_features(features_path, tokens_path, expected_dim)
         policy = self._missing_policy(modality)
+        out_path = self._aligned_path(modality, features_path, policy) if self.config["memory_map_features"] else None
         aligned = align_item_features(
             tokens,
             matrix,
@@ -102,6 +121,7 @@ class MultiModalSequentialDataset(SequentialDataset):
             policy,
             source=tokens_path,
             ignore_unknown_tokens=self._ignore_unknown_tokens(),
+            out_path=out_path,
         )
         self.item_features[modality] = torch.from_numpy(aligned.table)
         self.item_feature_masks[modality] = torch.from_numpy(aligned.has_feature)

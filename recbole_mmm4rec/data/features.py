@@ -198,6 +198,9 @@ def read_item_features(
     return tokens, matrix
 
 
+ALIGN_ROWS_PER_BLOCK = 65_536
+
+
 @dataclass
 class AlignedFeatures:
     """Features indexed by RecBole item id. Row 0 is padding and always zero."""
@@ -215,6 +218,7 @@ def align_item_features(
     policy: str,
     source: str,
     ignore_unknown_tokens: bool = False,
+    out_path: str | None = None,
 ) -> AlignedFeatures:
     """Place each feature row at its item's RecBole id and fill items without a row.
 
@@ -228,6 +232,9 @@ def align_item_features(
         source: the file named in error messages (the .tokens file: errors are about tokens).
         ignore_unknown_tokens: skip rows of tokens the dataset never had instead of raising
             (for a feature file computed over a larger item catalogue).
+        out_path: write the table there, block by block, and return it memory-mapped
+            (copy-on-write): processes that map the same file share its pages, and no process
+            ever holds a second copy of the matrix.
     """
     if policy not in MISSING_FEATURE_POLICIES:
         raise FeatureFileError(
@@ -248,11 +255,8 @@ def align_item_features(
     if PADDING_TOKEN in tokens:
         raise FeatureFileError(f"{source}: the padding token {PADDING_TOKEN} cannot have a feature row")
     matched = ids >= 0
-    table = np.zeros((item_num, matrix.shape[1]), dtype=np.float32)
-    table[ids[matched]] = np.asarray(matrix[np.flatnonzero(matched)], dtype=np.float32)
     has_feature = np.zeros(item_num, dtype=bool)
     has_feature[ids[matched]] = True
-
     missing = np.flatnonzero(~has_feature[1:]) + 1
     if len(missing) and policy == "error":
         id_to_token = {i: t for t, i in token_to_id.items()}
@@ -261,8 +265,26 @@ def align_item_features(
             f"{_examples([id_to_token[i] for i in missing])}. Add rows for them or set "
             "missing_feature_policy to zero, mean or learned."
         )
+    if len(missing) and policy == "mean" and not has_feature.any():
+        raise FeatureFileError(f"{source}: no item has a feature row, so there is no mean to fill with")
+
+    shape = (item_num, matrix.shape[1])
+    temporary = out_path and f"{out_path}.{os.getpid()}.tmp"
+    table = np.zeros(shape, np.float32) if out_path is None else np.lib.format.open_memmap(temporary, "w+", np.float32, shape)
+    rows = np.flatnonzero(matched)
+    for start in range(0, len(rows), ALIGN_ROWS_PER_BLOCK):
+        block = rows[start : start + ALIGN_ROWS_PER_BLOCK]
+        table[ids[block]] = np.asarray(matrix[block], dtype=np.float32)
     if len(missing) and policy == "mean":
-        if not has_feature.any():
-            raise FeatureFileError(f"{source}: no item has a feature row, so there is no mean to fill with")
-        table[missing] = table[has_feature].mean(axis=0)
+        present = np.flatnonzero(has_feature)
+        total = sum(
+            table[present[start : start + ALIGN_ROWS_PER_BLOCK]].sum(axis=0, dtype=np.float64)
+            for start in range(0, len(present), ALIGN_ROWS_PER_BLOCK)
+        )
+        table[missing] = (total / len(present)).astype(np.float32)
+    if out_path is not None:
+        table.flush()
+        del table
+        os.replace(temporary, out_path)  # processes aligning the same file write the same bytes
+        table = np.load(out_path, mmap_mode="c")
     return AlignedFeatures(table=table, has_feature=has_feature, unused_rows=int(len(unmatched)))

@@ -1,5 +1,20 @@
 """This package's models, one class per file, and the checkpoint transfer rule."""
 from recbole_mmm4rec.model.mmm4rec import MMM4Rec
-from recbole_mmm4rec.model.transfer import TransferError, TransferReport, is_item_specific, load_transferable
+from recbole_mmm4rec.model.transfer import (
+    TransferError,
+    TransferReport,
+    freeze_parameters,
+    is_item_specific,
+    load_transferable,
+)
+from recbole_mmm4rec.model.unisrec import UniSRec
 
-__all__ = ["MMM4Rec", "TransferError", "TransferReport", "is_item_specific", "load_transferable"]
+__all__ = [
+    "MMM4Rec",
+    "TransferError",
+    "TransferReport",
+    "UniSRec",
+    "freeze_parameters",
+    "is_item_specific",
+    "load_transferable",
+]

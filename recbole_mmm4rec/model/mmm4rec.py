@@ -13,6 +13,8 @@ user vector's dot products with the item's L2-normalised modality vectors.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from recbole.config import Config
@@ -28,6 +30,8 @@ from recbole_mmm4rec.blocks import (
     ModalityAdapter,
     TimeAwareSSD,
     TiSSDLayer,
+    in_batch_cross_entropy,
+    init_weights,
     ssd_dimensions,
     time_gaps,
 )
@@ -126,7 +130,7 @@ class MMM4Rec(SequentialRecommender):
         self.loss_fct = nn.CrossEntropyLoss()
 
         # parameters initialization
-        self.apply(self._init_weights)
+        self.apply(partial(init_weights, std=self.initializer_range))
         for adapter in self.adapters.values():
             if adapter.item_bias is not None:
                 nn.init.zeros_(adapter.item_bias.weight)
@@ -211,16 +215,6 @@ class MMM4Rec(SequentialRecommender):
             layer_norm_eps=self.layer_norm_eps,
         )
 
-    def _init_weights(self, module):
-        """Initialize the weights"""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
-
     def item_vectors(self, item_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Adapted vectors of ``item_ids`` (any shape, or all items if None), one per stream."""
         return [self.adapters[name](self.features[name], item_ids) for name in self.modality_streams]
@@ -297,14 +291,8 @@ class MMM4Rec(SequentialRecommender):
             logits = self.score(user)
             logits[:, 0] = float("-inf")  # padding is no candidate
             return self.loss_fct(logits, pos_items)
-        # In-batch: each user's candidates are the batch's targets; another row's copy of the
-        # user's own target is masked out, or the loss would push the target against itself.
-        logits = self.score(user, pos_items)
-        repeated = (pos_items.unsqueeze(0) == pos_items.unsqueeze(1)) & ~torch.eye(
-            len(pos_items), dtype=torch.bool, device=pos_items.device
-        )
-        logits = logits.masked_fill(repeated, float("-inf"))
-        return self.loss_fct(logits, torch.arange(len(pos_items), device=pos_items.device))
+        # In-batch: each user's candidates are the batch's targets (repeated ones masked).
+        return in_batch_cross_entropy(self.score(user, pos_items), pos_items)
 
     def predict(self, interaction: Interaction) -> torch.Tensor:
         user = self._user_vectors(interaction)

@@ -25,9 +25,10 @@ class TransferReport:
     kept_initial: list[str] = field(default_factory=list)  # model keys not loaded
 
     def summary(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors"]
-        lines += [f"skipped {key}: {reason}" for key, reason in sorted(self.skipped.items())]
-        lines += [f"kept the model's initial {key}" for key in self.kept_initial]
+        lines = [f"loaded {len(self.loaded)} tensors:"]
+        lines += [f"  loaded {key}" for key in self.loaded]
+        lines += [f"  skipped {key}: {reason}" for key, reason in sorted(self.skipped.items())]
+        lines += [f"  kept the model's initial {key}" for key in self.kept_initial]
         return "\n".join(lines)
 
 
@@ -72,3 +73,27 @@ def load_transferable(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> 
     report.loaded = sorted(selected)
     report.kept_initial = sorted(key for key in own if key not in selected)
     return report
+
+
+def freeze_parameters(model: nn.Module, prefixes: list[str]) -> list[str]:
+    """Stop training every parameter named ``prefix`` or ``prefix.*``; returns their names.
+
+    Raises:
+        ValueError: a prefix that names no parameter (a typo would otherwise freeze nothing).
+    """
+    frozen = []
+    for prefix in prefixes:
+        matched = [
+            name for name, parameter in model.named_parameters()
+            if name == prefix or name.startswith(prefix + ".")
+        ]
+        if not matched:
+            top_level = sorted({name.split(".")[0] for name, _ in model.named_parameters()})
+            raise ValueError(
+                f"freeze: {prefix!r} names no parameter of {type(model).__name__}; use a parameter "
+                f"name or a module prefix, e.g. one of {top_level}"
+            )
+        for name in matched:
+            model.get_parameter(name).requires_grad_(False)
+        frozen += matched
+    return frozen
