@@ -89,6 +89,8 @@ def main() -> int:
     saved = os.path.join(HERE, "results", "transfer.json")
     previous = json.load(open(saved)) if os.path.exists(saved) else {}
     pre = run_pretrain("MMM4Rec", ["ml-1m-mm"], [DEMO_YAML], {**shared, "epochs": args.pretrain_epochs})
+    if pre["epochs_trained"] == 0 and previous.get("pretrain", {}).get("checkpoint") == pre["checkpoint"]:
+        pre = previous["pretrain"]  # finished before: keep the figures of the run that trained it
     results = {"pretrain": {**pre, "epochs_done": args.pretrain_epochs}}
     print("pretrain", json.dumps(results["pretrain"]), flush=True)
     runs = {FINE_TUNED.format(lr=float(lr)): {"pretrained": os.path.basename(pre["checkpoint"]), "learning_rate": float(lr)}
