@@ -128,17 +128,10 @@ class _PretrainCheckpointMixin:
             return
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
-        state = {
-            "config": self.config,
-            "epoch": epoch,
-            "cur_step": self.cur_step,
-            "best_valid_score": self.best_valid_score,
-            "state_dict": self.model.state_dict(),
-            "other_parameter": self.model.other_parameter(),
-            "optimizer": self.optimizer.state_dict(),
-        }
         self.saved_model_file = self.checkpoint_pattern.format(done)
-        atomic_replace(self.saved_model_file, lambda temporary: torch.save(state, temporary, pickle_protocol=4))
+        # RecBole's own checkpoint, written to a temporary file that is renamed when complete.
+        save = super(_PretrainCheckpointMixin, self)._save_checkpoint
+        atomic_replace(self.saved_model_file, lambda temporary: save(epoch, verbose=False, saved_model_file=temporary))
         if verbose:
             self.logger.info(set_color("Saving checkpoint", "blue") + f": {self.saved_model_file}")
 
