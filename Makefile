@@ -11,7 +11,7 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[features,test]"
+	$(BIN)/python -m pip install --quiet -e ".[features,benchmark,test]"
 	$(BIN)/python -m pip check
 	touch $@
 

@@ -37,6 +37,8 @@ extras_require = {
         # sentence-transformers dependency), their image processors use Pillow, not torchvision.
         "Pillow>=9.1",
     ],
+    # run_benchmark's plots.
+    "benchmark": ["matplotlib>=3.7,<4"],
     # scikit-image ships the real photos the image tests use.
     "test": ["pytest>=7.0", "scikit-image>=0.21"],
 }
@@ -70,6 +72,7 @@ setup(
             "run_recbole=recbole_mmm4rec.cli:run_recbole_main",
             "run_pretrain=recbole_mmm4rec.cli:run_pretrain_main",
             "run_hyper=recbole_mmm4rec.cli:run_hyper_main",
+            "run_benchmark=recbole_mmm4rec.cli:run_benchmark_main",
         ]
     },
     classifiers=[

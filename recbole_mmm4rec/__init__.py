@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 # import RecBole's models now and undo it, so it never slows training.
 compat.import_recbole_models()
 compat.register_dataset_arguments(DATASET_KEYS)
+compat.keep_exact_time()
 
 __all__ = [
     "MultiModalSequentialDataset",

@@ -1,4 +1,4 @@
-"""``run_recbole``, ``run_pretrain`` and ``run_hyper``: RecBole's command lines, for RecBole's
+"""``run_recbole``, ``run_pretrain``, ``run_hyper`` and ``run_benchmark``: RecBole's command lines, for RecBole's
 models and this package's.
 
 Each turns argv into a call of quick start, pre-training or tuning; any ``--key=value`` they do
@@ -205,6 +205,58 @@ def run_hyper_main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"best configuration: {result.best_config_file} (run_recbole --config_files={result.best_config_file})")
     return 0
+
+
+def build_benchmark_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_benchmark",
+        description="Several models side by side on one dataset: the same split, evaluator and early "
+        "stopping, several seeds each; mean and std of every metric, epochs and time to the best "
+        "validation, s/epoch, peak memory and parameters. Any other --key=value sets a RecBole config "
+        "key for every run (e.g. --epochs=30 --stopping_step=3).",
+        epilog="--models takes RecBole's built-in names and this package's, with optional settings per "
+        "variant: --models='MMM4Rec,MMM4Rec[use_item_id=False],SASRec,GRU4Rec,UniSRec'. Finished runs "
+        "are kept in <output>/runs and reused by a re-run with the same settings; a failed run is "
+        "reported in the table and retried next time.",
+        allow_abbrev=False,
+    )
+    add_dataset_argument(parser)
+    parser.add_argument("--models", type=str, required=True, help="variants, separated by commas")
+    parser.add_argument("--seeds", type=str, default="3", help="a count (3: the config's seed, seed+1, seed+2) or a comma list of seeds (one seed: --seeds=2020,)")
+    parser.add_argument("--pretrained", type=str, default=None,
+                        help="MODEL=checkpoint.pth[,MODEL=...]: add each model's fine-tuned variant beside it")
+    parser.add_argument("--config_files", type=str, default=None, help="config files shared by every run, separated by spaces")
+    parser.add_argument("--output", type=str, default=None, help="results folder (default benchmark_results/<dataset>)")
+    parser.add_argument("--runs", type=str, default=None,
+                        help="folder of finished runs, may be shared by several benchmarks (default <output>/runs)")
+    parser.add_argument("--workers", type=int, default=1, help="runs at once, each in its own process")
+    parser.add_argument("--threads_per_run", type=int, default=None,
+                        help="torch threads per run (default torch's; with --workers=N use cores / N)")
+    return parser
+
+
+def run_benchmark_main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = build_benchmark_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    from recbole_mmm4rec.benchmark import BenchmarkError, run_benchmark
+
+    try:
+        result = run_benchmark(
+            dataset=args.dataset or "ml-100k",
+            models=args.models,
+            seeds=args.seeds,
+            pretrained=args.pretrained,
+            config_file_list=config_file_list(args),
+            cmd_args=overrides,
+            output_dir=args.output,
+            runs_dir=args.runs,
+            workers=args.workers,
+            threads_per_run=args.threads_per_run,
+        )
+    except BenchmarkError as error:
+        raise SystemExit(f"run_benchmark: {error}") from None
+    print(result.table)
+    print(f"results: {result.output_dir} (results.md, results.json, valid_curves.png, quality_vs_time.png)")
+    return 1 if any("error" in run for run in result.runs) else 0
 
 
 if __name__ == "__main__":

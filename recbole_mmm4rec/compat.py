@@ -21,6 +21,11 @@ RecBole's own: the anomaly mode its import sets, and its list of dataset argumen
 4. RecBole's trainer knows adam, adamw, sgd, adagrad, rmsprop and sparse_adam, and falls back
    to Adam without weight decay (with a warning) for any other ``learner``;
    :func:`compatible_trainer` adds ``nadam``, the optimiser MMM4Rec's paper trains with.
+5. RecBole stores FLOAT fields as float32, which rounds Unix timestamps to ~64 s, so sorting by
+   time reorders interactions less than a minute apart, differently from exact times.
+   :func:`keep_exact_time` keeps the time field of every sequential dataset (RecBole's and this
+   package's) in float64: every sequential model, built-in or plugin, sees the same interaction
+   order, hence the same split, and time-aware models see exact gaps.
 """
 from __future__ import annotations
 
@@ -93,6 +98,26 @@ def import_recbole_models() -> None:
             # matters to someone who asks for those models, and RecBole says so then.
             continue
     torch.autograd.set_detect_anomaly(anomaly_was_enabled)
+
+
+def keep_exact_time() -> None:
+    """Make :class:`recbole.data.dataset.SequentialDataset` and its subclasses keep the time
+    field in float64 (unless it is a ``numerical_features`` field, which models embed)."""
+    import numpy as np
+    from recbole.data.dataset import Dataset, SequentialDataset
+    from recbole.utils import FeatureType
+
+    def _dataframe_to_interaction(self, data):
+        interaction = Dataset._dataframe_to_interaction(self, data)
+        if (
+            self.time_field in data
+            and self.field2type[self.time_field] == FeatureType.FLOAT
+            and self.time_field not in self.config["numerical_features"]
+        ):
+            interaction.interaction[self.time_field] = torch.from_numpy(data[self.time_field].to_numpy(dtype=np.float64))
+        return interaction
+
+    SequentialDataset._dataframe_to_interaction = _dataframe_to_interaction
 
 
 def register_dataset_arguments(keys: list[str]) -> None:

@@ -1,9 +1,10 @@
 """PluginConfig: RecBole's Config that knows plugin models and never reads ``sys.argv``."""
 from __future__ import annotations
 
+import hashlib
 import os
 from logging import getLogger
-from typing import Sequence
+from typing import Collection, Sequence
 
 import torch
 
@@ -122,3 +123,10 @@ class PluginConfig(Config):
         ):
             final["train_neg_sample_args"] = None
         return final
+
+
+def settings_hash(config: Config, ignored_keys: Collection[str], length: int = 6) -> str:
+    """Hex digits naming what a run computes: its final settings but ``ignored_keys`` (where
+    files go, progress display, ...), so that equal settings always give the same name."""
+    settings = {k: v for k, v in config.final_config_dict.items() if k not in ignored_keys}
+    return hashlib.md5(repr(sorted(settings.items(), key=lambda kv: kv[0])).encode()).hexdigest()[:length]

@@ -14,7 +14,6 @@ resumes from the latest of them instead of starting over (``resume: False`` star
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import re
 import time
@@ -26,7 +25,7 @@ from recbole.data.dataloader import TrainDataLoader
 from recbole.utils import get_trainer, set_color
 
 from recbole_mmm4rec import compat, registry
-from recbole_mmm4rec.config import PluginConfig
+from recbole_mmm4rec.config import PluginConfig, settings_hash
 from recbole_mmm4rec.data.features import atomic_replace
 from recbole_mmm4rec.history import EpochCallback, recording_trainer
 from recbole_mmm4rec.quick_start import (
@@ -91,15 +90,9 @@ def prepare_domains(datasets: Sequence[str], data_root: str, modalities: Sequenc
     return name
 
 
-def settings_hash(config: PluginConfig) -> str:
-    """Six hex digits naming what a run computes (everything but :data:`RUN_ONLY_KEYS`)."""
-    settings = {k: v for k, v in config.final_config_dict.items() if k not in RUN_ONLY_KEYS}
-    return hashlib.md5(repr(sorted(settings.items(), key=lambda kv: kv[0])).encode()).hexdigest()[:6]
-
-
 def checkpoint_pattern(config: PluginConfig) -> str:
     """``{}`` stands for the number of epochs done."""
-    name = f"{config['model']}-{config['dataset']}-pretrain-{settings_hash(config)}-{{}}.pth"
+    name = f"{config['model']}-{config['dataset']}-pretrain-{settings_hash(config, RUN_ONLY_KEYS)}-{{}}.pth"
     return os.path.join(config["checkpoint_dir"], name)
 
 

@@ -1,6 +1,7 @@
 """RecBole's quick-start flow (Config, dataset, data_preparation, trainer) with plugin classes."""
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import shutil
@@ -179,6 +180,22 @@ def start_run(config: PluginConfig) -> Logger:
     return logger
 
 
+def split_fingerprint(*splits) -> str:
+    """Twelve hex digits naming the (user, item) tokens of each split's rows, in order.
+
+    Equal fingerprints mean two runs trained, validated and tested on the same interactions,
+    whatever the model's dataset class or internal ids.
+    """
+    digest = hashlib.sha1()
+    for data in splits:
+        dataset = data._dataset
+        for field in (dataset.uid_field, dataset.iid_field):
+            tokens = dataset.id2token(field, dataset.inter_feat[field].numpy())
+            digest.update("\x1f".join(tokens.tolist()).encode("utf-8"))
+        digest.update(b"\x1e")
+    return digest.hexdigest()[:12]
+
+
 def _last_evaluated_epoch(trainer) -> int:
     """The last epoch RecBole evaluated: it evaluates after epochs e with (e + 1) % eval_step == 0."""
     last_trained = max(trainer.train_loss_dict, default=-1)
@@ -204,6 +221,7 @@ def run_recbole(
         ``model`` and ``dataset`` (the names the config resolved), ``best_valid_score``,
         ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
         ``saved_model_file`` (the best checkpoint, when ``saved``), ``parameters`` (trainable),
+        ``parameters_total``, ``split_fingerprint`` (see :func:`split_fingerprint`),
         ``epochs_trained``, ``best_epoch`` (0-based) and ``seconds_per_epoch`` (training and
         validation wall time per epoch), ``epoch_history`` (the per-epoch records) and
         ``epoch_history_file`` (their CSV beside the log; a JSON beside it too),
@@ -257,6 +275,8 @@ def run_recbole(
         "test_result": test_result,
         "saved_model_file": trainer.saved_model_file if saved else None,
         "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "parameters_total": sum(p.numel() for p in model.parameters()),
+        "split_fingerprint": split_fingerprint(train_data, valid_data, test_data),
         "epochs_trained": epochs_trained,
         # RecBole's own rule: the best evaluation lies cur_step evaluations before the last one.
         "best_epoch": _last_evaluated_epoch(trainer) - trainer.cur_step * trainer.eval_step,

@@ -83,6 +83,25 @@ def test_timestamp_list_is_exact_history_without_the_target(subset_data_path, tm
         assert torch.count_nonzero(times[row, length:]) == 0
 
 
+def test_recbole_sequential_models_get_the_same_split_as_plugin_models(subset_data_path, tmp_path):
+    """RecBole's float32 timestamps would reorder interactions less than ~64 s apart (19 of the
+    subset's 120 test rows differed); compat.keep_exact_time makes both datasets agree."""
+    from recbole.data import data_preparation
+
+    from recbole_mmm4rec.quick_start import create_dataset, split_fingerprint
+
+    splits = {}
+    for model in ("MMM4Rec", "SASRec"):
+        config = PluginConfig(model=model, dataset=SUBSET_NAME, config_dict=subset_config_dict(subset_data_path, tmp_path))
+        dataset = create_dataset(config)
+        assert type(dataset).__name__ == {"MMM4Rec": "MultiModalSequentialDataset", "SASRec": "SequentialDataset"}[model]
+        train, valid, test = data_preparation(config, dataset)
+        assert test._dataset.inter_feat["timestamp_list"].dtype == torch.float64
+        splits[model] = [split_fingerprint(data) for data in (train, valid, test)]
+    assert splits["MMM4Rec"] == splits["SASRec"]
+    assert len(set(splits["SASRec"])) == 3
+
+
 def test_missing_feature_policies(subset_data_path, tmp_path):
     tokens, matrix = original_features(subset_data_path, "kg")
     by_policy = {

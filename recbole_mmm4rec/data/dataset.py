@@ -4,10 +4,9 @@ from __future__ import annotations
 import hashlib
 import os
 
-import numpy as np
 import torch
 from recbole.data.dataset import SequentialDataset
-from recbole.utils import FeatureType, set_color
+from recbole.utils import set_color
 
 from recbole_mmm4rec.data.features import (
     FeatureFileError,
@@ -44,8 +43,9 @@ class MultiModalSequentialDataset(SequentialDataset):
     * ``memory_map_features`` (bool): keep each aligned table in a file under
       ``<checkpoint_dir>/features/`` and map it, so that processes share one copy.
 
-    The time field is kept in float64 so that ``<time>_list`` carries exact timestamps; like
-    every ``*_list`` field of RecBole it holds the history only, never the target's time.
+    The time field is float64 (see :func:`recbole_mmm4rec.compat.keep_exact_time`), so that
+    ``<time>_list`` carries exact timestamps; like every ``*_list`` field of RecBole it holds the
+    history only, never the target's time.
     """
 
     def __init__(self, config):
@@ -132,19 +132,6 @@ class MultiModalSequentialDataset(SequentialDataset):
             f"{self.item_num - 1} items from {features_path} (missing: {policy}; unused rows: "
             f"{aligned.unused_rows})"
         )
-
-    def _dataframe_to_interaction(self, data):
-        interaction = super()._dataframe_to_interaction(data)
-        # float32 rounds Unix timestamps to ~64 s; time-aware models need exact gaps.
-        if (
-            self.time_field in data
-            and self.field2type[self.time_field] == FeatureType.FLOAT
-            and self.time_field not in self.config["numerical_features"]
-        ):
-            interaction.interaction[self.time_field] = torch.from_numpy(
-                data[self.time_field].to_numpy(dtype=np.float64)
-            )
-        return interaction
 
     def item_feature_table(self, modality: str) -> torch.Tensor:
         """Features of ``modality`` indexed by item id, ``(item_num, dim)`` float32; row 0 is zero."""

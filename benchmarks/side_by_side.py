@@ -1,0 +1,84 @@
+"""MMM4Rec beside RecBole's baselines and UniSRec on ml-100k-mm, from scratch and after ml-1m-mm
+pre-training: ``run_benchmark`` twice, with the tables and plots put into BENCHMARKS.md.
+
+    .venv/bin/python benchmarks/side_by_side.py [--seeds 3] [--transfer_seeds 3] [--workers 2]
+
+1. From scratch (one ``run_benchmark`` command): MMM4Rec with and without its per-item ID
+   tables, SASRec, GRU4Rec, UniSRec; properties/quick_start/demo.yaml sizes (hidden 64, L=20),
+   up to ``--epochs`` epochs with demo.yaml's early stopping (3 evaluations without a better
+   validation NDCG@10).
+2. Pre-training: ``run_pretrain`` of MMM4Rec and of UniSRec on ml-1m-mm at the same sizes
+   (``--pretrain_epochs``; a re-run resumes from the checkpoints).
+3. Transfer (a second ``run_benchmark``): each fine-tuned from its checkpoint with its
+   properties/finetune YAML, beside its from-scratch runs, reused from step 1 (shared runs folder).
+
+Every finished run is kept in benchmarks/results/side_by_side/runs: a re-run only trains what is
+missing (e.g. more seeds).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from report import HERE, ROOT, machine, replace_section
+
+DEMO_YAML = os.path.join(ROOT, "properties", "quick_start", "demo.yaml")
+OUTPUT = os.path.join(HERE, "results", "side_by_side")
+SCRATCH_MODELS = "MMM4Rec,MMM4Rec[use_item_id=False],SASRec,GRU4Rec,UniSRec"
+TRANSFER_MODELS = ("MMM4Rec", "UniSRec")
+
+
+def section(result, command: str, intro: str) -> str:
+    folder = os.path.relpath(result.output_dir, ROOT)
+    return (
+        f"`{command}` on {machine()}; each run in its own process with one torch thread, "
+        f"two at a time.\n\n{intro}\n\n{result.table}\n\n"
+        f"Raw runs: `{folder}/results.json`.\n\n"
+        f"![validation NDCG@10 per epoch]({folder}/valid_curves.png)\n"
+        f"![test NDCG@10 against time to the best epoch]({folder}/quality_vs_time.png)"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="3", help="from scratch: a count or a comma list (run_benchmark's --seeds)")
+    parser.add_argument("--transfer_seeds", default="3", help="fine-tuning seeds")
+    parser.add_argument("--epochs", type=int, default=30, help="epoch limit; early stopping ends the runs before")
+    parser.add_argument("--pretrain_epochs", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--skip_transfer", action="store_true")
+    args = parser.parse_args()
+    from recbole_mmm4rec.benchmark import run_benchmark
+    from recbole_mmm4rec.pretrain import run_pretrain
+
+    command = "python benchmarks/side_by_side.py " + shlex.join(sys.argv[1:])
+    shared = dict(dataset="ml-100k-mm", config_file_list=[DEMO_YAML], config_dict={"epochs": args.epochs},
+                  runs_dir=os.path.join(OUTPUT, "runs"), workers=args.workers, threads_per_run=1)
+    scratch = run_benchmark(models=SCRATCH_MODELS, seeds=args.seeds, output_dir=os.path.join(OUTPUT, "ml-100k-mm"), **shared)
+    replace_section(
+        "side_by_side", "MMM4Rec beside SASRec, GRU4Rec and UniSRec on ml-100k-mm (run_benchmark)",
+        section(scratch, command.strip(), "Mean ± sample std over seeds; the last column is the ratio of "
+                "mean test NDCG@10 to the best variant of another model, with Welch's t-test p-value."),
+    )
+    if args.skip_transfer:
+        return 0
+
+    checkpoints = {}
+    for model in TRANSFER_MODELS:
+        pre = run_pretrain(model, ["ml-1m-mm"], [DEMO_YAML], {"epochs": args.pretrain_epochs, "show_progress": False})
+        checkpoints[model] = pre["checkpoint"]
+    transfer = run_benchmark(models=",".join(TRANSFER_MODELS), pretrained=checkpoints, seeds=args.transfer_seeds,
+                             output_dir=os.path.join(OUTPUT, "ml-100k-mm-transfer"), **shared)
+    names = ", ".join(f"`{os.path.basename(path)}`" for path in checkpoints.values())
+    replace_section(
+        "side_by_side_transfer", "Transfer: ml-1m-mm pre-trained MMM4Rec and UniSRec fine-tuned on ml-100k-mm (run_benchmark)",
+        section(transfer, command.strip(), f"Checkpoints: {names} ({args.pretrain_epochs} pre-training epoch(s) "
+                "on ml-1m-mm each, demo sizes); the from-scratch rows are the runs of the table above."),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

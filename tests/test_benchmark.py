@@ -1,0 +1,187 @@
+"""run_benchmark: variant parsing, same split for every model, aggregation over seeds, reuse of
+finished runs, failures reported without stopping the others."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+
+import numpy as np
+import pytest
+
+from tests.conftest import SMALL_MMM4REC, SUBSET_NAME, subset_config_dict
+from recbole_mmm4rec.benchmark import (
+    BenchmarkError,
+    Variant,
+    add_pretrained,
+    compare_with_best_other,
+    execute,
+    parse_models,
+    parse_seeds,
+    run_benchmark,
+    summarize,
+)
+
+
+def test_models_parse_into_variants_with_yaml_settings():
+    variants = parse_models("MMM4Rec, MMM4Rec[use_item_id=False, topk=[10, 20]],SASRec[learning_rate=3e-4, learner=adam]")
+    assert [v.label for v in variants] == ["MMM4Rec", "MMM4Rec[use_item_id=False, topk=[10, 20]]", "SASRec[learning_rate=3e-4, learner=adam]"]
+    assert [v.model for v in variants] == ["MMM4Rec", "MMM4Rec", "SASRec"]
+    assert variants[1].settings == (("use_item_id", False), ("topk", [10, 20]))
+    assert variants[2].settings == (("learning_rate", 3e-4), ("learner", "adam"))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("MMM4Rec[use_item_id=False", "unclosed"),
+        ("MMM4Rec]", "unbalanced"),
+        ("SASRec,SASRec", "twice"),
+        ("SASRec[dropout]", "key=value"),
+        ("4Rec", "NAME"),
+        (" , ", "empty"),
+    ],
+)
+def test_bad_models_say_what_is_wrong(text, message):
+    with pytest.raises(BenchmarkError, match=message):
+        parse_models(text)
+
+
+def test_pretrained_adds_a_fine_tuned_variant_after_its_model(tmp_path):
+    checkpoint = tmp_path / "m.pth"
+    checkpoint.write_bytes(b"x")
+    variants = add_pretrained(parse_models("MMM4Rec,SASRec,UniSRec"), f"MMM4Rec={checkpoint}")
+    assert [v.label for v in variants] == ["MMM4Rec", "MMM4Rec (pre-trained)", "SASRec", "UniSRec"]
+    assert variants[1].pretrained == str(checkpoint) and variants[0].pretrained is None
+    with pytest.raises(BenchmarkError, match="GRU4Rec"):
+        add_pretrained(parse_models("MMM4Rec"), f"GRU4Rec={checkpoint}")
+    with pytest.raises(BenchmarkError, match="does not exist"):
+        add_pretrained(parse_models("MMM4Rec"), f"MMM4Rec={tmp_path / 'missing.pth'}")
+    with pytest.raises(BenchmarkError, match="MODEL=checkpoint"):
+        add_pretrained(parse_models("MMM4Rec"), str(checkpoint))
+
+
+def test_seeds_are_a_count_from_the_config_seed_or_a_list():
+    assert parse_seeds("3", 2020) == [2020, 2021, 2022]
+    assert parse_seeds(2, 7) == [7, 8]
+    assert parse_seeds("1,7,9", 2020) == [1, 7, 9]
+    assert parse_seeds("7,", 2020) == parse_seeds([7], 2020) == [7]
+    for bad in ("0", "three", ""):
+        with pytest.raises(BenchmarkError, match="--seeds"):
+            parse_seeds(bad, 2020)
+
+
+def _run(label, seed, ndcg, model=None):
+    return {
+        "label": label, "model": model or label, "seed": seed, "best_epoch": 1, "best_valid_score": ndcg,
+        "test_result": {"hit@10": 2 * ndcg, "ndcg@10": ndcg}, "seconds_per_epoch": 10.0, "peak_rss_bytes": 2**30,
+        "parameters": 5, "parameters_total": 5, "split_fingerprint": "abc",
+        "epoch_history": [{"epoch": 0, "elapsed_seconds": 10.0}, {"epoch": 1, "elapsed_seconds": 21.0}],
+    }
+
+
+def test_summary_is_mean_and_sample_std_and_compares_with_the_best_other_model():
+    runs = [_run("A", s, v) for s, v in ((1, 0.10), (2, 0.12), (3, 0.11))]
+    runs += [_run("A[x=1]", s, v, model="A") for s, v in ((1, 0.20), (2, 0.21), (3, 0.22))]
+    runs += [_run("B", s, v) for s, v in ((1, 0.05), (2, 0.06), (3, 0.04))]
+    runs.append({"label": "B", "model": "B", "seed": 4, "error": "RuntimeError: boom\ntrace"})
+    variants = [Variant("A", "A"), Variant("A[x=1]", "A", (("x", 1),)), Variant("B", "B")]
+    summary = summarize(variants, runs)
+    compare_with_best_other(summary, "test_ndcg@10")
+    a, a_variant, b = summary
+    assert a["test_ndcg@10"] == pytest.approx((0.11, statistics.stdev([0.10, 0.12, 0.11])))
+    assert a["epochs_to_best"] == (2.0, 0.0) and a["seconds_to_best"] == (21.0, 0.0)
+    assert b["seeds"] == [1, 2, 3] and b["errors"] == ["seed 4: RuntimeError: boom"]
+    # a variant of the same model is never its "other": A is compared with B, B with A[x=1]
+    assert a["best_other"] == "B" and a["ratio_to_best_other"] == pytest.approx(0.11 / 0.05)
+    assert b["best_other"] == "A[x=1]"
+    from scipy import stats
+
+    expected = stats.ttest_ind([0.05, 0.06, 0.04], [0.20, 0.21, 0.22], equal_var=False).pvalue
+    assert b["p_value_to_best_other"] == pytest.approx(expected)
+
+
+def test_a_run_whose_process_dies_is_reported(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    job = {"key": "k", "label": "SASRec", "seed": 1, "model": "SASRec", "dataset": "x", "config_files": [],
+           "cmd_args": [], "threads": 1, "config_dict": {"checkpoint_dir": str(blocker / "run")}}
+    outcome = execute([job], workers=1, progress=False)["k"]
+    assert "exit code 1" in outcome["error"]
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(subset_data_path, tmp_path_factory):
+    """MMM4Rec (small) and SASRec, two seeds, one epoch; a variant that cannot be built; an
+    unknown model."""
+    tmp_path = tmp_path_factory.mktemp("benchmark")
+    config = subset_config_dict(subset_data_path, tmp_path, **SMALL_MMM4REC)
+    for key in ("checkpoint_dir", "show_progress", "metrics", "topk", "valid_metric"):
+        config.pop(key)  # the benchmark's own: per-run folders, Hit/NDCG at 10/20/50
+    config_file = tmp_path / "shared.yaml"
+    config_file.write_text(json.dumps(config))  # JSON is YAML
+    arguments = dict(
+        dataset=SUBSET_NAME, models="MMM4Rec,SASRec,MMM4Rec[hidden_size=30],NoSuchModel", seeds=2,
+        config_file_list=[str(config_file)], output_dir=str(tmp_path / "out"), workers=2, threads_per_run=1,
+        progress=False,
+    )
+    return run_benchmark(**arguments), arguments
+
+
+def test_every_model_runs_on_the_same_split_and_failures_are_rows(benchmark_run):
+    result, _ = benchmark_run
+    done = [run for run in result.runs if "error" not in run]
+    assert sorted((run["label"], run["seed"]) for run in done) == [
+        ("MMM4Rec", 2020), ("MMM4Rec", 2021), ("SASRec", 2020), ("SASRec", 2021)]
+    # RecBole's SequentialDataset and ours see the same interactions in the same order
+    assert len({run["split_fingerprint"] for run in done}) == 1
+    assert "did not share one split" not in result.table
+    rows = {row["label"]: row for row in result.summary}
+    assert "divisible" in rows["MMM4Rec[hidden_size=30]"]["errors"][0]
+    assert "unknown model 'NoSuchModel'" in rows["NoSuchModel"]["errors"][0]
+    for run in done:
+        assert set(run["test_result"]) == {f"{m}@{k}" for m in ("hit", "ndcg") for k in (10, 20, 50)}
+        assert run["peak_rss_bytes"] > 2**27 and run["parameters"] > 0 and run["epoch_history"]
+    # seeds change the initialisation: the std is over different results
+    mmm4rec = [run["test_result"]["ndcg@10"] for run in done if run["label"] == "MMM4Rec"]
+    assert mmm4rec[0] != mmm4rec[1]
+    mean, std = rows["MMM4Rec"]["test_ndcg@10"]
+    assert mean == pytest.approx(np.mean(mmm4rec)) and std == pytest.approx(np.std(mmm4rec, ddof=1))
+    assert f"{mean:.4f} ± {std:.4f}" in result.table
+    assert "NoSuchModel | 0 |" in result.table
+
+
+def test_outputs_are_written_and_plots_are_pngs(benchmark_run):
+    result, _ = benchmark_run
+    saved = json.load(open(os.path.join(result.output_dir, "results.json")))
+    assert saved["seeds"] == [2020, 2021] and len(saved["runs"]) == 8
+    assert open(os.path.join(result.output_dir, "results.md")).read().strip() == result.table
+    for name in ("valid_curves.png", "quality_vs_time.png"):
+        with open(os.path.join(result.output_dir, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_rerun_reuses_finished_runs_and_retries_failed_ones(benchmark_run):
+    first, arguments = benchmark_run
+    # SASRec[epochs=1] has SASRec's settings (the shared file says epochs: 1): the same runs
+    again = run_benchmark(**{**arguments, "models": "MMM4Rec,SASRec,MMM4Rec[hidden_size=30],SASRec[epochs=1]"})
+    done = [run for run in again.runs if "error" not in run]
+    assert len(done) == 6 and all(run.get("reused") for run in done)
+    before = {(r["label"], r["seed"]): r["test_result"] for r in first.runs if "error" not in r}
+    after = {(r["label"], r["seed"]): r["test_result"] for r in done}
+    assert after == {**before, **{("SASRec[epochs=1]", seed): before[("SASRec", seed)] for seed in (2020, 2021)}}
+    assert [row["label"] for row in again.summary] == ["MMM4Rec", "SASRec", "MMM4Rec[hidden_size=30]", "SASRec[epochs=1]"]
+    # the failing variant was tried again, and failed again
+    assert len(again.summary[2]["errors"]) == 2
+    # another setting is another run: nothing of the first is reused for it
+    changed = run_benchmark(**{**arguments, "models": "SASRec", "seeds": [2020], "workers": 1}, config_dict={"epochs": 2})
+    assert not changed.runs[0].get("reused") and changed.runs[0]["epochs_trained"] == 2
+    assert not math.isnan(changed.summary[0]["test_ndcg@10"][0])
+
+
+def test_cli_reports_bad_arguments(tmp_path):
+    from recbole_mmm4rec.cli import run_benchmark_main
+
+    with pytest.raises(SystemExit, match="run_benchmark: --models: unclosed"):
+        run_benchmark_main(["--dataset=ml-100k-mm", "--models=MMM4Rec[x=1", f"--output={tmp_path}"])
