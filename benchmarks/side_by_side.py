@@ -5,7 +5,7 @@ pre-training: ``run_benchmark`` twice, with the tables and plots put into BENCHM
 
 1. From scratch (one ``run_benchmark`` command): MMM4Rec with and without its per-item ID
    tables, SASRec, GRU4Rec, UniSRec; properties/quick_start/demo.yaml sizes (hidden 64, L=20),
-   up to ``--epochs`` epochs with demo.yaml's early stopping (3 evaluations without a better
+   Hit/NDCG@10/20/50, up to ``--epochs`` epochs with demo.yaml's early stopping (3 evaluations without a better
    validation NDCG@10).
 2. Pre-training: ``run_pretrain`` of MMM4Rec and of UniSRec on ml-1m-mm at the same sizes
    (``--pretrain_epochs``; a re-run resumes from the checkpoints).
@@ -30,11 +30,11 @@ SCRATCH_MODELS = "MMM4Rec,MMM4Rec[use_item_id=False],SASRec,GRU4Rec,UniSRec"
 TRANSFER_MODELS = ("MMM4Rec", "UniSRec")
 
 
-def section(result, command: str, intro: str) -> str:
+def section(result, command: str, intro: str, workers: int) -> str:
     folder = os.path.relpath(result.output_dir, ROOT)
     return (
         f"`{command}` on {machine()}; each run in its own process with one torch thread, "
-        f"two at a time.\n\n{intro}\n\n{result.table}\n\n"
+        f"{workers} at a time.\n\n{intro}\n\n{result.table}\n\n"
         f"Raw runs: `{folder}/results.json`.\n\n"
         f"![validation NDCG@10 per epoch]({folder}/valid_curves.png)\n"
         f"![test NDCG@10 against time to the best epoch]({folder}/quality_vs_time.png)"
@@ -49,33 +49,37 @@ def main() -> int:
     parser.add_argument("--pretrain_epochs", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip_transfer", action="store_true")
+    parser.add_argument("--report_only", action="store_true", help="train nothing: tables from the finished runs")
     args = parser.parse_args()
     from recbole_mmm4rec.benchmark import run_benchmark
-    from recbole_mmm4rec.pretrain import run_pretrain
+    from recbole_mmm4rec.pretrain import latest_checkpoint, pretrain_config, run_pretrain
 
     command = "python benchmarks/side_by_side.py " + shlex.join(sys.argv[1:])
-    shared = dict(dataset="ml-100k-mm", config_file_list=[DEMO_YAML], config_dict={"epochs": args.epochs},
-                  runs_dir=os.path.join(OUTPUT, "runs"), workers=args.workers, threads_per_run=1)
+    shared = dict(dataset="ml-100k-mm", config_file_list=[DEMO_YAML], config_dict={"epochs": args.epochs, "topk": [10, 20, 50]},
+                  runs_dir=os.path.join(OUTPUT, "runs"), workers=args.workers, threads_per_run=1, report_only=args.report_only)
     scratch = run_benchmark(models=SCRATCH_MODELS, seeds=args.seeds, output_dir=os.path.join(OUTPUT, "ml-100k-mm"), **shared)
     replace_section(
         "side_by_side", "MMM4Rec beside SASRec, GRU4Rec and UniSRec on ml-100k-mm (run_benchmark)",
         section(scratch, command.strip(), "Mean ± sample std over seeds; the last column is the ratio of "
-                "mean test NDCG@10 to the best variant of another model, with Welch's t-test p-value."),
+                "mean test NDCG@10 to the best variant of another model, with Welch's t-test p-value.", args.workers),
     )
     if args.skip_transfer:
         return 0
 
     checkpoints = {}
     for model in TRANSFER_MODELS:
-        pre = run_pretrain(model, ["ml-1m-mm"], [DEMO_YAML], {"epochs": args.pretrain_epochs, "show_progress": False})
-        checkpoints[model] = pre["checkpoint"]
+        settings = {"epochs": args.pretrain_epochs, "show_progress": False}
+        if args.report_only:
+            checkpoints[model] = latest_checkpoint(pretrain_config(model, ["ml-1m-mm"], [DEMO_YAML], settings))
+        else:
+            checkpoints[model] = run_pretrain(model, ["ml-1m-mm"], [DEMO_YAML], settings)["checkpoint"]
     transfer = run_benchmark(models=",".join(TRANSFER_MODELS), pretrained=checkpoints, seeds=args.transfer_seeds,
                              output_dir=os.path.join(OUTPUT, "ml-100k-mm-transfer"), **shared)
     names = ", ".join(f"`{os.path.basename(path)}`" for path in checkpoints.values())
     replace_section(
         "side_by_side_transfer", "Transfer: ml-1m-mm pre-trained MMM4Rec and UniSRec fine-tuned on ml-100k-mm (run_benchmark)",
         section(transfer, command.strip(), f"Checkpoints: {names} ({args.pretrain_epochs} pre-training epoch(s) "
-                "on ml-1m-mm each, demo sizes); the from-scratch rows are the runs of the table above."),
+                "on ml-1m-mm each, demo sizes); the from-scratch rows are the runs of the table above.", args.workers),
     )
     return 0
 

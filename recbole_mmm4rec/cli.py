@@ -7,6 +7,7 @@ not know is a RecBole config override.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -230,6 +231,8 @@ def build_benchmark_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=str, default=None,
                         help="folder of finished runs, may be shared by several benchmarks (default <output>/runs)")
     parser.add_argument("--workers", type=int, default=1, help="runs at once, each in its own process")
+    parser.add_argument("--report_only", action="store_true",
+                        help="train nothing: write the outputs from the finished runs, the others shown as not run")
     parser.add_argument("--threads_per_run", type=int, default=None,
                         help="torch threads per run (default torch's; with --workers=N use cores / N)")
     return parser
@@ -241,7 +244,7 @@ def run_benchmark_main(argv: Sequence[str] | None = None) -> int:
 
     try:
         result = run_benchmark(
-            dataset=args.dataset or "ml-100k",
+            dataset=args.dataset if args.dataset or args.config_files else "ml-100k",
             models=args.models,
             seeds=args.seeds,
             pretrained=args.pretrained,
@@ -251,11 +254,13 @@ def run_benchmark_main(argv: Sequence[str] | None = None) -> int:
             runs_dir=args.runs,
             workers=args.workers,
             threads_per_run=args.threads_per_run,
+            report_only=args.report_only,
         )
     except BenchmarkError as error:
         raise SystemExit(f"run_benchmark: {error}") from None
     print(result.table)
-    print(f"results: {result.output_dir} (results.md, results.json, valid_curves.png, quality_vs_time.png)")
+    written = ["results.md", "results.json", *(os.path.basename(path) for path in result.plots)]
+    print(f"results: {result.output_dir} ({', '.join(written)})")
     return 1 if any("error" in run for run in result.runs) else 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 from logging import getLogger
-from typing import Collection, Sequence
+from typing import Any, Collection, Sequence
 
 import torch
 
@@ -53,21 +53,12 @@ class PluginConfig(Config):
         )
 
     def _load_cmd_line(self):
-        cmd_config_dict = {}
-        unrecognized = []
-        for arg in self.cmd_args:
-            if not arg.startswith("--") or "=" not in arg:
-                unrecognized.append(arg)
-                continue
-            name, value = arg[2:].split("=", 1)
-            if name in cmd_config_dict and cmd_config_dict[name] != value:
-                raise ValueError(f"command line sets --{name} twice, to different values")
-            cmd_config_dict[name] = value
+        cmd_config_dict, unrecognized = parse_cmd_args(self.cmd_args)
         if unrecognized:
             getLogger().warning(
                 f"command line args [{' '.join(unrecognized)}] will not be used in RecBole"
             )
-        return self._convert_config_dict(cmd_config_dict)
+        return cmd_config_dict
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:
@@ -123,6 +114,27 @@ class PluginConfig(Config):
         ):
             final["train_neg_sample_args"] = None
         return final
+
+
+def convert_values(values: dict[str, str]) -> dict[str, Any]:
+    """Command-line strings to values as RecBole converts them: Python literals (``3e-4``,
+    ``[10, 20]``), ``true``/``false``, else the string."""
+    # RecBole's converter does not use its instance.
+    return Config._convert_config_dict(None, dict(values))
+
+
+def parse_cmd_args(cmd_args: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """``--key=value`` arguments as a converted dict, and the arguments of another form."""
+    values, unrecognized = {}, []
+    for arg in cmd_args:
+        if not arg.startswith("--") or "=" not in arg:
+            unrecognized.append(arg)
+            continue
+        name, value = arg[2:].split("=", 1)
+        if name in values and values[name] != value:
+            raise ValueError(f"command line sets --{name} twice, to different values")
+        values[name] = value
+    return convert_values(values), unrecognized
 
 
 def settings_hash(config: Config, ignored_keys: Collection[str], length: int = 6) -> str:

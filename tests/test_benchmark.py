@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import statistics
 
 import numpy as np
@@ -14,22 +15,29 @@ from tests.conftest import SMALL_MMM4REC, SUBSET_NAME, subset_config_dict
 from recbole_mmm4rec.benchmark import (
     BenchmarkError,
     Variant,
+    _first_config,
     add_pretrained,
-    compare_with_best_other,
+    compare,
+    defaults_file,
     execute,
+    markdown_table,
     parse_models,
     parse_seeds,
+    peak_resident_bytes,
+    plan,
     run_benchmark,
     summarize,
 )
 
 
-def test_models_parse_into_variants_with_yaml_settings():
+def test_models_parse_into_variants_with_command_line_values():
     variants = parse_models("MMM4Rec, MMM4Rec[use_item_id=False, topk=[10, 20]],SASRec[learning_rate=3e-4, learner=adam]")
     assert [v.label for v in variants] == ["MMM4Rec", "MMM4Rec[use_item_id=False, topk=[10, 20]]", "SASRec[learning_rate=3e-4, learner=adam]"]
     assert [v.model for v in variants] == ["MMM4Rec", "MMM4Rec", "SASRec"]
     assert variants[1].settings == (("use_item_id", False), ("topk", [10, 20]))
     assert variants[2].settings == (("learning_rate", 3e-4), ("learner", "adam"))
+    policy = parse_models("MMM4Rec[missing_feature_policy={'text': 'zero', 'kg': 'mean'}, state='a,b']")[0]
+    assert policy.settings == (("missing_feature_policy", {"text": "zero", "kg": "mean"}), ("state", "a,b"))
 
 
 @pytest.mark.parametrize(
@@ -37,6 +45,8 @@ def test_models_parse_into_variants_with_yaml_settings():
     [
         ("MMM4Rec[use_item_id=False", "unclosed"),
         ("MMM4Rec]", "unbalanced"),
+        ("MMM4Rec[a={1: 2]", "unbalanced"),
+        ("MMM4Rec[a='x]", "closing quote ' missing"),
         ("SASRec,SASRec", "twice"),
         ("SASRec[dropout]", "key=value"),
         ("4Rec", "NAME"),
@@ -60,6 +70,10 @@ def test_pretrained_adds_a_fine_tuned_variant_after_its_model(tmp_path):
         add_pretrained(parse_models("MMM4Rec"), f"MMM4Rec={tmp_path / 'missing.pth'}")
     with pytest.raises(BenchmarkError, match="MODEL=checkpoint"):
         add_pretrained(parse_models("MMM4Rec"), str(checkpoint))
+    # a label with settings names its own checkpoint
+    labelled = add_pretrained(parse_models("MMM4Rec,MMM4Rec[use_item_id=False]"), f"MMM4Rec[use_item_id=False]={checkpoint}")
+    assert [v.label for v in labelled] == ["MMM4Rec", "MMM4Rec[use_item_id=False]", "MMM4Rec[use_item_id=False] (pre-trained)"]
+    assert labelled[2].scratch_label == "MMM4Rec[use_item_id=False]"
 
 
 def test_seeds_are_a_count_from_the_config_seed_or_a_list():
@@ -67,7 +81,7 @@ def test_seeds_are_a_count_from_the_config_seed_or_a_list():
     assert parse_seeds(2, 7) == [7, 8]
     assert parse_seeds("1,7,9", 2020) == [1, 7, 9]
     assert parse_seeds("7,", 2020) == parse_seeds([7], 2020) == [7]
-    for bad in ("0", "three", ""):
+    for bad in ("0", "three", "", ",", "1,1"):
         with pytest.raises(BenchmarkError, match="--seeds"):
             parse_seeds(bad, 2020)
 
@@ -86,10 +100,11 @@ def test_summary_is_mean_and_sample_std_and_compares_with_the_best_other_model()
     runs += [_run("A[x=1]", s, v, model="A") for s, v in ((1, 0.20), (2, 0.21), (3, 0.22))]
     runs += [_run("B", s, v) for s, v in ((1, 0.05), (2, 0.06), (3, 0.04))]
     runs.append({"label": "B", "model": "B", "seed": 4, "error": "RuntimeError: boom\ntrace"})
-    variants = [Variant("A", "A"), Variant("A[x=1]", "A", (("x", 1),)), Variant("B", "B")]
+    runs += [_run("C", s, 0.0) for s in (1, 2)]
+    variants = [Variant("A", "A"), Variant("A[x=1]", "A", (("x", 1),)), Variant("B", "B"), Variant("C", "C")]
     summary = summarize(variants, runs)
-    compare_with_best_other(summary, "test_ndcg@10")
-    a, a_variant, b = summary
+    compare(summary, "test_ndcg@10")
+    a, a_variant, b, c = summary
     assert a["test_ndcg@10"] == pytest.approx((0.11, statistics.stdev([0.10, 0.12, 0.11])))
     assert a["epochs_to_best"] == (2.0, 0.0) and a["seconds_to_best"] == (21.0, 0.0)
     assert b["seeds"] == [1, 2, 3] and b["errors"] == ["seed 4: RuntimeError: boom"]
@@ -100,15 +115,79 @@ def test_summary_is_mean_and_sample_std_and_compares_with_the_best_other_model()
 
     expected = stats.ttest_ind([0.05, 0.06, 0.04], [0.20, 0.21, 0.22], equal_var=False).pvalue
     assert b["p_value_to_best_other"] == pytest.approx(expected)
+    assert c["ratio_to_best_other"] == 0.0  # a zero-scoring model is a row, not a crash
+    assert "ratio_to_scratch" not in a
 
 
-def test_a_run_whose_process_dies_is_reported(tmp_path):
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("")
-    job = {"key": "k", "label": "SASRec", "seed": 1, "model": "SASRec", "dataset": "x", "config_files": [],
-           "cmd_args": [], "threads": 1, "config_dict": {"checkpoint_dir": str(blocker / "run")}}
-    outcome = execute([job], workers=1, progress=False)["k"]
-    assert "exit code 1" in outcome["error"]
+def test_a_pre_trained_row_is_compared_with_its_from_scratch_row():
+    runs = [_run("M", s, v) for s, v in ((1, 0.10), (2, 0.12))]
+    runs += [dict(_run("M (pre-trained)", s, v, model="M"), best_epoch=0) for s, v in ((1, 0.13), (2, 0.14))]
+    runs += [_run("B", s, v) for s, v in ((1, 0.5), (2, 0.4))]
+    variants = [Variant("M", "M"), Variant("M (pre-trained)", "M", pretrained="x.pth", scratch_label="M"), Variant("B", "B")]
+    summary = summarize(variants, runs)
+    compare(summary, "test_ndcg@10")
+    tuned = summary[1]
+    assert tuned["ratio_to_scratch"] == pytest.approx(0.135 / 0.11)
+    assert tuned["epochs_to_best_ratio_to_scratch"] == pytest.approx(0.5)
+    table = markdown_table(summary, ["NDCG@10"], "NDCG@10")
+    assert "vs from scratch" in table.splitlines()[0]
+    assert f"{0.135 / 0.11:.3f}x (p=" in table and "0.50x" in table
+
+
+def _send_then_die(job, sender):
+    sender.send(("epoch", {"epoch": 0, "valid_score": 0.1}))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _exit_silently(job, sender):
+    os._exit(0)
+
+
+def _report_peak(job, sender):
+    sender.send(("done", {"peak": peak_resident_bytes()}))
+
+
+def _fail(job, sender):
+    sender.send(("failed", "ValueError: bad setting"))
+
+
+def test_killed_and_silent_runs_are_reported_and_the_others_finish():
+    kept, outcomes = {}, {}
+    for key, worker in (("killed", _send_then_die), ("silent", _exit_silently), ("failed", _fail), ("fine", _report_peak)):
+        job = {"key": key, "label": key, "seed": 1}
+        outcomes.update(execute([job], workers=1, progress=False, on_outcome=kept.__setitem__, worker=worker))
+    assert "killed by signal 9" in outcomes["killed"]["error"]
+    assert "exit code 0" in outcomes["silent"]["error"]
+    assert outcomes["failed"] == {"error": "ValueError: bad setting"} and "peak" in outcomes["fine"]
+    # on_outcome hears of every reported outcome as it arrives, never of the silent ones
+    assert set(kept) == {"failed", "fine"}
+
+
+def test_peak_memory_is_the_run_process_own():
+    ballast = np.ones(1536 * 2**20 // 8)  # 1.5 GiB touched, then freed: the parent's peak only
+    del ballast
+    job = {"key": "k", "label": "x", "seed": 1}
+    peak = execute([job], workers=1, progress=False, worker=_report_peak)["k"]["peak"]
+    assert 2**20 < peak < 2**30
+
+
+def test_shared_overrides_never_override_a_run_s_seed_or_its_own_settings(subset_data_path, tmp_path):
+    from recbole_mmm4rec.config import parse_cmd_args
+
+    config_file = tmp_path / "shared.yaml"
+    config_file.write_text(json.dumps({**subset_config_dict(subset_data_path, tmp_path), "topk": [10, 20]}))
+    files = [defaults_file(), str(config_file)]
+    shared, _ = parse_cmd_args(["--seed=7", "--learning_rate=0.01"])
+    variants = parse_models("SASRec,SASRec[learning_rate=0.002]")
+    first = _first_config(variants, SUBSET_NAME, files, shared)
+    assert first["topk"] == [10, 20] and first["metrics"] == ["Hit", "NDCG"]  # the file over the benchmark's defaults
+    runs, jobs = plan(variants, first, parse_seeds("7,8", 0), files, shared, str(tmp_path), str(tmp_path / "runs"), 1)
+    assert [(job["label"], job["config_dict"]["seed"], job["config_dict"]["learning_rate"]) for job in jobs] == [
+        ("SASRec", 7, 0.01), ("SASRec[learning_rate=0.002]", 7, 0.002),
+        ("SASRec", 8, 0.01), ("SASRec[learning_rate=0.002]", 8, 0.002)]
+    assert len({job["key"] for job in jobs}) == 4
+    # without a file setting topk, the benchmark's defaults apply
+    assert _first_config(variants, SUBSET_NAME, [defaults_file()], {"data_path": subset_data_path})["topk"] == [10, 20, 50]
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +197,13 @@ def benchmark_run(subset_data_path, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("benchmark")
     config = subset_config_dict(subset_data_path, tmp_path, **SMALL_MMM4REC)
     for key in ("checkpoint_dir", "show_progress", "metrics", "topk", "valid_metric"):
-        config.pop(key)  # the benchmark's own: per-run folders, Hit/NDCG at 10/20/50
+        config.pop(key)  # the benchmark's own: per-run folders, properties/benchmark.yaml
     config_file = tmp_path / "shared.yaml"
     config_file.write_text(json.dumps(config))  # JSON is YAML
     arguments = dict(
         dataset=SUBSET_NAME, models="MMM4Rec,SASRec,MMM4Rec[hidden_size=30],NoSuchModel", seeds=2,
-        config_file_list=[str(config_file)], output_dir=str(tmp_path / "out"), workers=2, threads_per_run=1,
-        progress=False,
+        config_file_list=[str(config_file)], output_dir=str(tmp_path / "out"), runs_dir=str(tmp_path / "runs"),
+        workers=2, threads_per_run=1, progress=False,
     )
     return run_benchmark(**arguments), arguments
 
@@ -165,7 +244,8 @@ def test_outputs_are_written_and_plots_are_pngs(benchmark_run):
 def test_a_rerun_reuses_finished_runs_and_retries_failed_ones(benchmark_run):
     first, arguments = benchmark_run
     # SASRec[epochs=1] has SASRec's settings (the shared file says epochs: 1): the same runs
-    again = run_benchmark(**{**arguments, "models": "MMM4Rec,SASRec,MMM4Rec[hidden_size=30],SASRec[epochs=1]"})
+    again = run_benchmark(**{**arguments, "models": "MMM4Rec,SASRec,MMM4Rec[hidden_size=30],SASRec[epochs=1]",
+                             "output_dir": os.path.join(os.path.dirname(first.output_dir), "again")})
     done = [run for run in again.runs if "error" not in run]
     assert len(done) == 6 and all(run.get("reused") for run in done)
     before = {(r["label"], r["seed"]): r["test_result"] for r in first.runs if "error" not in r}
@@ -175,7 +255,9 @@ def test_a_rerun_reuses_finished_runs_and_retries_failed_ones(benchmark_run):
     # the failing variant was tried again, and failed again
     assert len(again.summary[2]["errors"]) == 2
     # another setting is another run: nothing of the first is reused for it
-    changed = run_benchmark(**{**arguments, "models": "SASRec", "seeds": [2020], "workers": 1}, config_dict={"epochs": 2})
+    changed = run_benchmark(**{**arguments, "models": "SASRec", "seeds": [2020], "workers": 1,
+                               "output_dir": os.path.join(os.path.dirname(first.output_dir), "changed")},
+                            cmd_args=["--epochs=2"])
     assert not changed.runs[0].get("reused") and changed.runs[0]["epochs_trained"] == 2
     assert not math.isnan(changed.summary[0]["test_ndcg@10"][0])
 
