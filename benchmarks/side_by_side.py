@@ -3,10 +3,13 @@ pre-training: ``run_benchmark`` twice, with the tables and plots put into BENCHM
 
     .venv/bin/python benchmarks/side_by_side.py [--seeds 3] [--transfer_seeds 3] [--workers 2]
 
-1. From scratch (one ``run_benchmark`` command): MMM4Rec with and without its per-item ID
-   tables, SASRec, GRU4Rec, UniSRec; properties/quick_start/demo.yaml sizes (hidden 64, L=20),
-   Hit/NDCG@10/20/50, up to ``--epochs`` epochs with demo.yaml's early stopping (3 evaluations without a better
-   validation NDCG@10).
+1. From scratch (one ``run_benchmark`` command), properties/quick_start/demo.yaml sizes
+   (hidden 64, L=20), Hit/NDCG@10/20/50, up to ``--epochs`` epochs with demo.yaml's early
+   stopping (3 evaluations without a better validation NDCG@10):
+   MMM4Rec, with and without its per-item ID tables, and at the learning rate and dropout that
+   the validation-only ``run_hyper`` search of BENCHMARKS.md chose (3e-3, 0.15); SASRec;
+   GRU4Rec at RecBole's defaults and at learning rate 0.01 (at 1e-3 it stays on its first
+   plateau until early stopping); UniSRec.
 2. Pre-training: ``run_pretrain`` of MMM4Rec and of UniSRec on ml-1m-mm at the same sizes
    (``--pretrain_epochs``; a re-run resumes from the checkpoints).
 3. Transfer (a second ``run_benchmark``): each fine-tuned from its checkpoint with its
@@ -26,7 +29,8 @@ from report import HERE, ROOT, machine, replace_section
 
 DEMO_YAML = os.path.join(ROOT, "properties", "quick_start", "demo.yaml")
 OUTPUT = os.path.join(HERE, "results", "side_by_side")
-SCRATCH_MODELS = "MMM4Rec,MMM4Rec[use_item_id=False],SASRec,GRU4Rec,UniSRec"
+SCRATCH_MODELS = ("MMM4Rec,MMM4Rec[use_item_id=False],MMM4Rec[learning_rate=0.003, dropout_prob=0.15],"
+                  "SASRec,GRU4Rec,GRU4Rec[learning_rate=0.01],UniSRec")
 TRANSFER_MODELS = ("MMM4Rec", "UniSRec")
 
 

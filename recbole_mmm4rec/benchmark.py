@@ -22,6 +22,8 @@ import json
 import math
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection, wait
@@ -271,8 +273,15 @@ def execute(
 ) -> dict[str, dict]:
     """Run ``jobs`` (at most ``workers`` at once), each ``worker(job, sender)`` in a spawned
     process with its own pipe; returns key -> result or ``{"error": ...}``, and hands each to
-    ``on_outcome`` as soon as its run ends. Interrupted, it stops the running processes."""
+    ``on_outcome`` as soon as its run ends. Interrupted (Ctrl-C, or SIGTERM in the main thread),
+    it stops the running processes."""
     from tqdm import tqdm
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)  # unwinds through the finally below; SIG_DFL would orphan the runs
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, terminate) if in_main_thread else None
 
     context = multiprocessing.get_context("spawn")
     pending, active, outcomes, status = list(jobs), {}, {}, {}
@@ -316,6 +325,8 @@ def execute(
                 process.terminate()
                 process.join()
                 receiver.close()
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous_handler)
     return outcomes
 
 
@@ -337,10 +348,11 @@ def summarize(variants: list[Variant], runs: list[dict]) -> list[dict]:
     summary = []
     for variant in variants:
         mine = [run for run in runs if run["label"] == variant.label]
-        done = [run for run in mine if "error" not in run]
+        done = [run for run in mine if "test_result" in run]
         row = {"label": variant.label, "model": variant.model, "scratch_label": variant.scratch_label,
                "seeds": [run["seed"] for run in done],
-               "errors": [f"seed {run['seed']}: {run['error'].splitlines()[0]}" for run in mine if "error" in run]}
+               "errors": [f"seed {run['seed']}: {run['error'].splitlines()[0]}" for run in mine if "error" in run],
+               "not_run": [run["seed"] for run in mine if run.get("not_run")]}
         if done:
             stats = {f"test_{metric}": [run["test_result"][metric] for run in done] for metric in done[0]["test_result"]}
             stats["best_valid_score"] = [run["best_valid_score"] for run in done]
@@ -405,7 +417,7 @@ def markdown_table(summary: list[dict], metrics: list[str], valid_metric: str) -
     columns = ["model", "seeds", *(f"test {m}" for m in metrics), f"valid {valid_metric}", "epochs to best",
                "s to best", "s/epoch", "peak memory (GiB)", "trainable parameters",
                f"test {valid_metric} / best other model (p)",
-               *([f"vs from scratch: test {valid_metric} (p), epochs to best"] if transfer else []), "errors"]
+               *([f"vs from scratch: test {valid_metric} (p), epochs to best"] if transfer else []), "errors, runs not done"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in summary:
         other = (_ratio_cell(row["ratio_to_best_other"], row["p_value_to_best_other"], f" {row['best_other']}")
@@ -417,7 +429,8 @@ def markdown_table(summary: list[dict], metrics: list[str], valid_metric: str) -
             *(_cell(row.get(f"test_{m.lower()}")) for m in metrics), _cell(row.get("best_valid_score")),
             _cell(row.get("epochs_to_best"), 1), _cell(row.get("seconds_to_best"), 0), _cell(row.get("seconds_per_epoch"), 1),
             _cell(row.get("peak_memory_gib"), 2), f"{row['parameters']:,}" if "parameters" in row else "",
-            other, *([scratch] if transfer else []), "; ".join(row["errors"]).replace("|", "/"),
+            other, *([scratch] if transfer else []),
+            "; ".join(row["errors"] + ([f"not run yet: seed {', '.join(map(str, row['not_run']))}"] if row["not_run"] else [])).replace("|", "/"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -455,7 +468,7 @@ def plot(summary: list[dict], runs: list[dict], output_dir: str, valid_metric: s
     valid_key = f"valid_{valid_metric.lower()}"
     figure, axes = plt.subplots(figsize=(8, 5))
     for index, row in enumerate(summary):
-        for number, run in enumerate(r for r in runs if r["label"] == row["label"] and "error" not in r):
+        for number, run in enumerate(r for r in runs if r["label"] == row["label"] and "test_result" in r):
             points = [(record["epoch"] + 1, record[valid_key]) for record in run["epoch_history"] if valid_key in record]
             if points:
                 axes.plot(*zip(*points), color=colors(index % 10), alpha=0.8, marker=".",
@@ -597,12 +610,12 @@ def run_benchmark(
         for run in runs:
             if run.get("key") == key:
                 run.update(outcome)
-                if "error" not in outcome:
+                if "error" not in outcome and "not_run" not in outcome:
                     _write_text(run["file"], json.dumps({k: v for k, v in run.items() if k not in ("file", "label")}, indent=1))
 
     if report_only:
         for job in jobs:
-            keep(job["key"], {"error": "not run yet (report only)"})
+            keep(job["key"], {"not_run": True})
     else:
         execute(jobs, max(1, workers), progress, on_outcome=keep)
 

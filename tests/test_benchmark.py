@@ -7,6 +7,9 @@ import math
 import os
 import signal
 import statistics
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -163,6 +166,28 @@ def test_killed_and_silent_runs_are_reported_and_the_others_finish():
     assert set(kept) == {"failed", "fine"}
 
 
+def _write_pid_and_sleep(job, sender):
+    with open(job["pid_file"] + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(job["pid_file"] + ".tmp", job["pid_file"])
+    time.sleep(600)
+
+
+def test_a_terminated_benchmark_stops_its_runs(tmp_path):
+    pid_file = str(tmp_path / "run.pid")
+    script = ("from recbole_mmm4rec.benchmark import execute; from tests.test_benchmark import _write_pid_and_sleep; "
+              f"execute([{{'key': 'k', 'label': 'x', 'seed': 1, 'pid_file': {pid_file!r}}}], 1, False, worker=_write_pid_and_sleep)")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=os.path.dirname(os.path.dirname(__file__)))
+    deadline = time.monotonic() + 120
+    while not os.path.exists(pid_file) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run_pid = int(open(pid_file).read())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        os.kill(run_pid, 0)  # the run was stopped and reaped, not left behind
+
+
 def test_peak_memory_is_the_run_process_own():
     ballast = np.ones(1536 * 2**20 // 8)  # 1.5 GiB touched, then freed: the parent's peak only
     del ballast
@@ -252,6 +277,11 @@ def test_a_rerun_reuses_finished_runs_and_retries_failed_ones(benchmark_run):
     after = {(r["label"], r["seed"]): r["test_result"] for r in done}
     assert after == {**before, **{("SASRec[epochs=1]", seed): before[("SASRec", seed)] for seed in (2020, 2021)}}
     assert [row["label"] for row in again.summary] == ["MMM4Rec", "SASRec", "MMM4Rec[hidden_size=30]", "SASRec[epochs=1]"]
+    # --report_only trains nothing: a seed never run is shown as such
+    report = run_benchmark(**{**arguments, "models": "SASRec", "seeds": 3, "report_only": True,
+                              "output_dir": os.path.join(os.path.dirname(first.output_dir), "report")})
+    assert [bool(run.get("reused")) for run in report.runs] == [True, True, False]
+    assert report.summary[0]["seeds"] == [2020, 2021] and "not run yet: seed 2022" in report.table
     # the failing variant was tried again, and failed again
     assert len(again.summary[2]["errors"]) == 2
     # another setting is another run: nothing of the first is reused for it
