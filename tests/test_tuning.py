@@ -104,7 +104,9 @@ def test_failing_trial_is_reported_and_the_search_goes_on(local_ray, subset_data
     )
     assert run_hyper_main(hyper_argv("SASRec", config_file, space_file, tmp_path, "--algo=exhaustive")) == 0
     rows = {int(r["hidden_size"]): r for r in read_rows(str(tmp_path / "searches" / "search" / "results.csv"))}
-    assert rows[16]["status"] == "completed" and float(rows[16]["test ndcg@10"]) > 0
+    # One epoch of a 16-wide SASRec may rank no test item of the 120 users in its top 10: the
+    # test metrics must be there and be metrics, not necessarily above zero.
+    assert rows[16]["status"] == "completed" and 0 <= float(rows[16]["test ndcg@10"]) <= float(rows[16]["test hit@10"]) <= 1
     assert rows[15]["status"] == "error" and "not a multiple of the number of attention heads" in rows[15]["error"]
     assert "not a multiple" in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "searches" / "search" / "best.yaml").read_text())["hidden_size"] == 16
