@@ -373,7 +373,8 @@ def _ratio_and_p_value(mine: list[float], theirs: list[float]) -> tuple[float, f
     """Ratio of the means, and Welch's t-test p-value (needs two values each)."""
     from scipy import stats
 
-    ratio = _mean_std(mine)[0] / _mean_std(theirs)[0] if _mean_std(theirs)[0] else math.nan
+    their_mean = _mean_std(theirs)[0]
+    ratio = _mean_std(mine)[0] / their_mean if their_mean else math.nan
     if min(len(mine), len(theirs)) < 2:
         return ratio, math.nan
     return ratio, float(stats.ttest_ind(mine, theirs, equal_var=False).pvalue)
