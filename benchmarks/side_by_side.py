@@ -1,18 +1,21 @@
 """MMM4Rec beside RecBole's baselines and UniSRec on ml-100k-mm, from scratch and after ml-1m-mm
-pre-training: ``run_benchmark`` twice, with the tables and plots put into BENCHMARKS.md.
+pre-training, and MMM4Rec's ablations: ``run_benchmark`` three times, with the tables and plots
+put into BENCHMARKS.md.
 
-    .venv/bin/python benchmarks/side_by_side.py [--seeds 3] [--transfer_seeds 3] [--workers 2]
+    .venv/bin/python benchmarks/side_by_side.py [--seeds 3] [--ablation_seeds 2020,] [--transfer_seeds 3] [--workers 2]
 
 1. From scratch (one ``run_benchmark`` command), properties/quick_start/demo.yaml sizes
    (hidden 64, L=20), Hit/NDCG@10/20/50, up to ``--epochs`` epochs with demo.yaml's early
    stopping (3 evaluations without a better validation NDCG@10):
-   MMM4Rec, with and without its per-item ID tables, and at the learning rate and dropout that
-   the validation-only ``run_hyper`` search of BENCHMARKS.md chose (3e-3, 0.15); SASRec;
-   GRU4Rec at RecBole's defaults and at learning rate 0.01 (at 1e-3 it stays on its first
-   plateau until early stopping); UniSRec.
-2. Pre-training: ``run_pretrain`` of MMM4Rec and of UniSRec on ml-1m-mm at the same sizes
+   MMM4Rec, with and without its per-item ID tables; SASRec; GRU4Rec at RecBole's defaults and
+   at learning rate 0.01 (at 1e-3 it stays on its first plateau until early stopping); UniSRec.
+2. Ablations, read on the validation split: MMM4Rec without its time channel, without the shared
+   TiSSD block, without the Fourier filter, each for ``--ablation_epochs`` epochs, beside the full
+   model and the no-ID runs of step 1 (reused). The constant learning rate makes a capped run's
+   epochs the same as the first epochs of an uncapped one.
+3. Pre-training: ``run_pretrain`` of MMM4Rec and of UniSRec on ml-1m-mm at the same sizes
    (``--pretrain_epochs``; a re-run resumes from the checkpoints).
-3. Transfer (a second ``run_benchmark``): each fine-tuned from its checkpoint with its
+4. Transfer (a fourth ``run_benchmark``): each fine-tuned from its checkpoint with its
    properties/finetune YAML, beside its from-scratch runs, reused from step 1 (shared runs folder).
 
 Every finished run is kept in benchmarks/results/side_by_side/runs: a re-run only trains what is
@@ -29,8 +32,8 @@ from report import HERE, ROOT, machine, replace_section
 
 DEMO_YAML = os.path.join(ROOT, "properties", "quick_start", "demo.yaml")
 OUTPUT = os.path.join(HERE, "results", "side_by_side")
-SCRATCH_MODELS = ("MMM4Rec,MMM4Rec[use_item_id=False],MMM4Rec[learning_rate=0.003, dropout_prob=0.15],"
-                  "SASRec,GRU4Rec,GRU4Rec[learning_rate=0.01],UniSRec")
+SCRATCH_MODELS = "MMM4Rec,MMM4Rec[use_item_id=False],SASRec,GRU4Rec,GRU4Rec[learning_rate=0.01],UniSRec"
+ABLATIONS = ("time_channel=False", "share_tissd=False", "fourier_filter=False")
 TRANSFER_MODELS = ("MMM4Rec", "UniSRec")
 
 
@@ -48,6 +51,8 @@ def section(result, command: str, intro: str, workers: int) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="3", help="from scratch: a count or a comma list (run_benchmark's --seeds)")
+    parser.add_argument("--ablation_seeds", default="2020,", help="ablation seeds (run_benchmark's --seeds)")
+    parser.add_argument("--ablation_epochs", type=int, default=6, help="epoch limit of the ablated variants")
     parser.add_argument("--transfer_seeds", default="3", help="fine-tuning seeds")
     parser.add_argument("--epochs", type=int, default=30, help="epoch limit; early stopping ends the runs before")
     parser.add_argument("--pretrain_epochs", type=int, default=1)
@@ -66,6 +71,15 @@ def main() -> int:
         "side_by_side", "MMM4Rec beside SASRec, GRU4Rec and UniSRec on ml-100k-mm (run_benchmark)",
         section(scratch, command.strip(), "Mean ± sample std over seeds; the last column is the ratio of "
                 "mean test NDCG@10 to the best variant of another model, with Welch's t-test p-value.", args.workers),
+    )
+    ablated = ",".join(f"MMM4Rec[{setting}, epochs={args.ablation_epochs}]" for setting in ABLATIONS)
+    ablations = run_benchmark(models=f"MMM4Rec,MMM4Rec[use_item_id=False],{ablated}", seeds=args.ablation_seeds,
+                              output_dir=os.path.join(OUTPUT, "ml-100k-mm-ablations"), **shared)
+    replace_section(
+        "side_by_side_ablations", "MMM4Rec's ablations on ml-100k-mm (run_benchmark)",
+        section(ablations, command.strip(), f"Read the validation column and curves: the ablated variants stop "
+                f"after {args.ablation_epochs} epochs, the full model and the no-ID variant are the uncapped "
+                "runs of the table above.", args.workers),
     )
     if args.skip_transfer:
         return 0

@@ -203,17 +203,6 @@ def run_identity(config, context: str) -> str:
     return hashlib.md5(identity.encode()).hexdigest()[:10]
 
 
-def _plain(value: Any) -> Any:
-    """JSON-ready: RecBole's OrderedDicts and numpy scalars as dicts and floats."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    return value
-
-
 def peak_resident_bytes() -> int:
     """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries the parent's
     peak over fork and exec into it."""
@@ -239,6 +228,7 @@ def run_worker(job: dict, sender: Connection) -> None:
         if job["threads"]:
             torch.set_num_threads(job["threads"])
         from recbole_mmm4rec.allocator import keep_freed_memory
+        from recbole_mmm4rec.config import plain_value
         from recbole_mmm4rec.quick_start import run_recbole
 
         keep_freed_memory()
@@ -246,9 +236,9 @@ def run_worker(job: dict, sender: Connection) -> None:
         result = run_recbole(
             model=job["model"], dataset=job["dataset"], config_file_list=job["config_files"],
             config_dict=job["config_dict"], saved=True,
-            epoch_callback=lambda record: sender.send(("epoch", _plain(record))),
+            epoch_callback=lambda record: sender.send(("epoch", plain_value(record))),
         )
-        result = _plain(result)
+        result = plain_value(result)
         result["wall_seconds"] = time.perf_counter() - started
         result["peak_rss_bytes"] = peak_resident_bytes()
         if torch.cuda.is_available():

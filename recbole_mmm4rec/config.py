@@ -123,6 +123,18 @@ def convert_values(values: dict[str, str]) -> dict[str, Any]:
     return Config._convert_config_dict(None, dict(values))
 
 
+def plain_value(value: Any) -> Any:
+    """Built-in types for JSON, YAML and CSV: RecBole's OrderedDicts as dicts, tuples as lists,
+    numpy and torch scalars (from RecBole's results, or from Ray) as Python numbers."""
+    if isinstance(value, dict):
+        return {str(key): plain_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_value(item) for item in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
 def parse_cmd_args(cmd_args: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     """``--key=value`` arguments as a converted dict, and the arguments of another form."""
     values, unrecognized = {}, []

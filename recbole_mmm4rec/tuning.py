@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import yaml
 
 from recbole_mmm4rec.allocator import keep_freed_memory
-from recbole_mmm4rec.config import PluginConfig
+from recbole_mmm4rec.config import PluginConfig, plain_value
 from recbole_mmm4rec.data.features import atomic_write
 from recbole_mmm4rec.quick_start import ensure_dataset_files, run_recbole
 from recbole_mmm4rec.search_space import Parameter, load_search_space, ray_param_space
@@ -338,18 +338,13 @@ def _trial_row(result, setup: SearchSetup) -> dict:
     row = {
         "trial": os.path.basename(str(result.log_dir)).removeprefix("trial_"),
         "status": status,
-        **{p.name: _plain(config.get(p.name)) for p in setup.parameters},
+        **{p.name: plain_value(config.get(p.name)) for p in setup.parameters},
         "evaluations": len(epoch_scores),
         f"best valid {setup.valid_metric}": pick(epoch_scores) if epoch_scores else None,
     }
     row.update({f"test {key[5:]}": value for key, value in metrics.items() if key.startswith("test_")})
     row["error"] = _error_line(result.error) if result.error is not None else ""
     return row
-
-
-def _plain(value: Any) -> Any:
-    """Python scalars for YAML and CSV (Ray may hand back numpy scalars)."""
-    return value.item() if hasattr(value, "item") else value
 
 
 def _error_line(error: BaseException) -> str:
