@@ -10,9 +10,10 @@ put into BENCHMARKS.md.
    MMM4Rec, with and without its per-item ID tables; SASRec; GRU4Rec at RecBole's defaults and
    at learning rate 0.01 (at 1e-3 it stays on its first plateau until early stopping); UniSRec.
 2. Ablations, read on the validation split: MMM4Rec without its time channel, without the shared
-   TiSSD block, without the Fourier filter, each for ``--ablation_epochs`` epochs, beside the full
-   model and the no-ID runs of step 1 (reused). The constant learning rate makes a capped run's
-   epochs the same as the first epochs of an uncapped one.
+   TiSSD block, without the Fourier filter, and at the learning rate and dropout that the
+   validation-only ``run_hyper`` search of BENCHMARKS.md chose, each for ``--ablation_epochs``
+   epochs, beside the full model and the no-ID runs of step 1 (reused). The learning rate is
+   constant, so a capped run's epochs are the first epochs of an uncapped one.
 3. Pre-training: ``run_pretrain`` of MMM4Rec and of UniSRec on ml-1m-mm at the same sizes
    (``--pretrain_epochs``; a re-run resumes from the checkpoints).
 4. Transfer (a fourth ``run_benchmark``): each fine-tuned from its checkpoint with its
@@ -33,7 +34,8 @@ from report import HERE, ROOT, machine, replace_section
 DEMO_YAML = os.path.join(ROOT, "properties", "quick_start", "demo.yaml")
 OUTPUT = os.path.join(HERE, "results", "side_by_side")
 SCRATCH_MODELS = "MMM4Rec,MMM4Rec[use_item_id=False],SASRec,GRU4Rec,GRU4Rec[learning_rate=0.01],UniSRec"
-ABLATIONS = ("time_channel=False", "share_tissd=False", "fourier_filter=False")
+# The last one is not an ablation: the lr and dropout the validation-only run_hyper search chose.
+ABLATIONS = ("time_channel=False", "share_tissd=False", "fourier_filter=False", "learning_rate=0.003, dropout_prob=0.15")
 TRANSFER_MODELS = ("MMM4Rec", "UniSRec")
 
 
