@@ -6,7 +6,8 @@ put into BENCHMARKS.md.
 
 1. From scratch (one ``run_benchmark`` command), properties/quick_start/demo.yaml sizes
    (hidden 64, L=20), Hit/NDCG@10/20/50, up to ``--epochs`` epochs with demo.yaml's early
-   stopping (3 evaluations without a better validation NDCG@10):
+   stopping (``stopping_step: 3``: a run ends at the 4th evaluation without a better validation
+   NDCG@10):
    MMM4Rec, with and without its per-item ID tables; SASRec; GRU4Rec at RecBole's defaults and
    at learning rate 0.01 (at 1e-3 it stays on its first plateau until early stopping); UniSRec.
 2. Ablations, read on the validation split: MMM4Rec without its time channel, without the shared
@@ -16,7 +17,7 @@ put into BENCHMARKS.md.
    constant, so a capped run's epochs are the first epochs of an uncapped one.
 3. Pre-training: ``run_pretrain`` of MMM4Rec and of UniSRec on ml-1m-mm at the same sizes
    (``--pretrain_epochs``; a re-run resumes from the checkpoints).
-4. Transfer (a fourth ``run_benchmark``): each fine-tuned from its checkpoint with its
+4. Transfer (the third ``run_benchmark``): each fine-tuned from its checkpoint with its
    properties/finetune YAML, beside its from-scratch runs, reused from step 1 (shared runs folder).
 
 Every finished run is kept in benchmarks/results/side_by_side/runs: a re-run only trains what is
@@ -80,8 +81,8 @@ def main() -> int:
     replace_section(
         "side_by_side_ablations", "MMM4Rec's ablations on ml-100k-mm (run_benchmark)",
         section(ablations, command.strip(), f"Read the validation column and curves: the ablated variants stop "
-                f"after {args.ablation_epochs} epochs, the full model and the no-ID variant are the uncapped "
-                "runs of the table above.", args.workers),
+                f"after {args.ablation_epochs} epochs, the full model and the no-ID variant are their uncapped "
+                "runs of the table above, with the same seeds.", args.workers),
     )
     if args.skip_transfer:
         return 0

@@ -22,12 +22,12 @@ from typing import Any, Sequence
 import torch
 import yaml
 from recbole.data.dataloader import TrainDataLoader
-from recbole.utils import get_trainer, set_color
+from recbole.utils import set_color
 
 from recbole_mmm4rec import compat, registry
 from recbole_mmm4rec.config import PluginConfig, settings_hash
 from recbole_mmm4rec.data.features import atomic_replace
-from recbole_mmm4rec.history import EpochCallback, recording_trainer
+from recbole_mmm4rec.history import EpochCallback
 from recbole_mmm4rec.quick_start import (
     build_dataset_folder,
     build_model_and_trainer,
@@ -35,6 +35,7 @@ from recbole_mmm4rec.quick_start import (
     ensure_dataset_folder,
     prepare_model,
     start_run,
+    trainer_class,
 )
 
 DOMAIN_JOIN = "+"
@@ -130,7 +131,7 @@ class _PretrainCheckpointMixin:
 
 
 def pretrain_trainer(config: PluginConfig) -> type:
-    base = recording_trainer(compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"])))
+    base = trainer_class(config)
     return type(f"Pretrain{base.__name__}", (_PretrainCheckpointMixin, base), {})
 
 

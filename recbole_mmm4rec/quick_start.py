@@ -116,14 +116,18 @@ def create_dataset(config: Config) -> Dataset:
     return dataset
 
 
+def trainer_class(config: Config) -> type:
+    """RecBole's trainer class for the config's model, with this package's checkpoint loading and
+    per-epoch records."""
+    return recording_trainer(compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"])))
+
+
 def build_model_and_trainer(config: Config, train_data) -> tuple[torch.nn.Module, type]:
-    """The seeded model on its device, and its trainer class with this package's checkpoint
-    loading and per-epoch records."""
+    """The seeded model on its device, and its :func:`trainer_class`."""
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     # The class the config resolved: a registered plugin, a RecBole model, or a class passed in.
     model = config.model_class(config, train_data._dataset).to(config["device"])
-    trainer_class = recording_trainer(compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"])))
-    return model, trainer_class
+    return model, trainer_class(config)
 
 
 def load_pretrained(model: torch.nn.Module, checkpoint_file: str) -> str:
