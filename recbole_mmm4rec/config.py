@@ -1,4 +1,5 @@
-"""PluginConfig: RecBole's Config that knows plugin models and never reads ``sys.argv``."""
+"""PluginConfig: RecBole's Config that knows plugin models and never reads ``sys.argv``; and the
+helpers around settings: command-line values, settings hashes, plain values for JSON and YAML."""
 from __future__ import annotations
 
 import hashlib

@@ -10,9 +10,12 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 
 import numpy as np
 import pytest
+import torch
+import yaml
 
 from tests.conftest import SMALL_MMM4REC, SUBSET_NAME, subset_config_dict
 from recbole_mmm4rec.benchmark import (
@@ -31,6 +34,7 @@ from recbole_mmm4rec.benchmark import (
     run_benchmark,
     summarize,
 )
+from recbole_mmm4rec.config import plain_value
 
 
 def test_models_parse_into_variants_with_command_line_values():
@@ -297,3 +301,15 @@ def test_cli_reports_bad_arguments(tmp_path):
 
     with pytest.raises(SystemExit, match="run_benchmark: --models: unclosed"):
         run_benchmark_main(["--dataset=ml-100k-mm", "--models=MMM4Rec[x=1", f"--output={tmp_path}"])
+
+
+def test_plain_value_makes_results_json_and_yaml_safe():
+    # RecBole's results are OrderedDicts of numpy floats; Ray hands back numpy scalars, tuples.
+    value = OrderedDict(
+        [("ndcg@10", np.float32(0.25)), ("epochs", np.int64(3)), ("sizes", (np.int64(64), 2)), (7, torch.tensor(1.5))]
+    )
+    plain = plain_value(value)
+    assert plain == {"ndcg@10": 0.25, "epochs": 3, "sizes": [64, 2], "7": 1.5}
+    assert type(plain) is dict and type(plain["ndcg@10"]) is float and type(plain["sizes"][0]) is int
+    assert json.loads(json.dumps(plain)) == plain
+    assert yaml.safe_load(yaml.safe_dump(plain)) == plain
