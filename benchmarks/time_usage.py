@@ -70,10 +70,10 @@ def main() -> int:
         model.eval()
         changes, gaps = user_vector_changes_and_gaps(model, valid_data, config["device"])
         spread = f"{(gaps < 3600).double().mean():.1%}, {(gaps < DAY).double().mean():.1%}, {gaps.median():.0f} s"
+        trainer = trainer_class(config)(config, model)
         for name in ("real", *REPLACEMENTS):
             if name != "real":
                 with_timestamps(model, REPLACEMENTS[name])
-            trainer = trainer_class(config)(config, model)
             valid = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
             test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
             change, shown_spread = ("", spread) if name == "real" else (f"{changes[name]:.1e}", "")
