@@ -66,13 +66,13 @@ def main() -> int:
     from recbole_mmm4rec.benchmark import run_benchmark
     from recbole_mmm4rec.pretrain import latest_checkpoint, pretrain_config, run_pretrain
 
-    command = "python benchmarks/side_by_side.py " + shlex.join(sys.argv[1:])
+    command = ("python benchmarks/side_by_side.py " + shlex.join(sys.argv[1:])).strip()
     shared = dict(dataset="ml-100k-mm", config_file_list=[DEMO_YAML], config_dict={"epochs": args.epochs, "topk": [10, 20, 50]},
                   runs_dir=os.path.join(OUTPUT, "runs"), workers=args.workers, threads_per_run=1, report_only=args.report_only)
     scratch = run_benchmark(models=SCRATCH_MODELS, seeds=args.seeds, output_dir=os.path.join(OUTPUT, "ml-100k-mm"), **shared)
     replace_section(
         "side_by_side", "MMM4Rec beside SASRec, GRU4Rec and UniSRec on ml-100k-mm (run_benchmark)",
-        section(scratch, command.strip(), "Mean ± sample std over seeds; the last column is the ratio of "
+        section(scratch, command, "Mean ± sample std over seeds; the last column is the ratio of "
                 "mean test NDCG@10 to the best variant of another model, with Welch's t-test p-value.", args.workers),
     )
     ablated = ",".join(f"MMM4Rec[{setting}, epochs={args.ablation_epochs}]" for setting in ABLATIONS)
@@ -80,7 +80,7 @@ def main() -> int:
                               output_dir=os.path.join(OUTPUT, "ml-100k-mm-ablations"), **shared)
     replace_section(
         "side_by_side_ablations", "MMM4Rec's ablations on ml-100k-mm (run_benchmark)",
-        section(ablations, command.strip(), f"Read the validation column and curves: the ablated variants stop "
+        section(ablations, command, f"Read the validation column and curves: the ablated variants stop "
                 f"after {args.ablation_epochs} epochs, the full model and the no-ID variant are their uncapped "
                 "runs of the table above, with the same seeds.", args.workers),
     )
@@ -99,7 +99,7 @@ def main() -> int:
     names = ", ".join(f"`{os.path.basename(path)}`" for path in checkpoints.values())
     replace_section(
         "side_by_side_transfer", "Transfer: ml-1m-mm pre-trained MMM4Rec and UniSRec fine-tuned on ml-100k-mm (run_benchmark)",
-        section(transfer, command.strip(), f"Checkpoints: {names} ({args.pretrain_epochs} pre-training epoch(s) "
+        section(transfer, command, f"Checkpoints: {names} ({args.pretrain_epochs} pre-training epoch(s) "
                 "on ml-1m-mm each, demo sizes); the from-scratch rows are the runs of the table above.", args.workers),
     )
     return 0
