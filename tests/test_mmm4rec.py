@@ -10,6 +10,8 @@ from recbole_mmm4rec import PluginConfig, compat, create_dataset, load_data_and_
 from recbole_mmm4rec.blocks import FourierTimeFilter, TimeAwareSSD, TimeModulation
 from recbole_mmm4rec.data.features import FeatureFileError
 from recbole_mmm4rec.model import MMM4Rec, TransferError, load_transferable
+from tests.synthetic_time import NAME as TIME_GROUPS
+from tests.synthetic_time import build_time_groups, time_groups_config
 from tests.conftest import (
     SMALL_MMM4REC,
     SUBSET_NAME,
@@ -123,7 +125,7 @@ def test_gradients_reach_every_parameter(prepared, batch, fusion, use_item_id):
     assert ("fusion_item_logits.weight" in names) == (fusion == "dynamic_instance")
     assert not _without_gradient(model)
     # The TiSSD block is shared: the second stream uses the text layer's, not a copy.
-    assert model.fused_layers[0].own_ssd is None
+    assert model.layers[0].secondary_ssd is None
 
 
 @pytest.mark.parametrize(
@@ -138,6 +140,9 @@ def test_gradients_reach_every_parameter(prepared, batch, fusion, use_item_id):
         {"ce_candidates": "in_batch"},
         {"n_layers": 2},
         {"n_layers": 2, "modality_streams": ["text"]},
+        {"n_layers": 2, "share_tissd": False, "fourier_filter": False},
+        {"time_path_form": "paper"},
+        {"ffn_activation": "gelu"},
     ],
     ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
 )
@@ -146,15 +151,20 @@ def test_ablation_switches_train_and_score(prepared, batch, overrides):
     loss = model.calculate_loss(batch)
     loss.backward()
     assert torch.isfinite(loss)
-    assert not _without_gradient(model)  # no switch leaves a parameter that never trains
+    if overrides.get("time_path_form") == "paper":
+        # The paper's form as initialised: the Cross-SSD's Tanhshrink scale is flat at ~0, so
+        # nothing upstream of it in the time path (gates, norms, Fourier filter) gets a gradient.
+        assert all("time_path" in name or "fourier" in name for name in _without_gradient(model))
+    else:
+        assert not _without_gradient(model)  # no switch leaves a parameter that never trains
     with torch.no_grad():
         assert torch.isfinite(model.eval().full_sort_predict(batch)).all()
     if overrides.get("time_channel") is False:
         assert not any("time_path" in name or "fourier" in name for name, _ in model.named_parameters())
     if overrides.get("share_tissd") is False:
-        assert model.fused_layers[0].own_ssd is not None
+        assert model.layers[0].secondary_ssd is not None
     if overrides.get("modality_streams") == ["text"]:
-        assert len(model.fused_layers) == 0
+        assert not any(name.startswith("layers.0.cross") for name, _ in model.named_parameters())
 
 
 @pytest.mark.parametrize("fusion", ["static", "dynamic_instance"])
@@ -274,14 +284,14 @@ def test_transfer_skips_item_tables_and_reports(prepared):
         "adapters.kg.item_bias.weight",
     }
     assert "fusion_item_logits.weight" in report.skipped
-    assert "primary_layers.0.ssd.in_proj.weight" in report.loaded
-    torch.testing.assert_close(target.primary_layers[0].ssd.A_log, source.primary_layers[0].ssd.A_log)
+    assert "layers.0.primary_ssd.in_proj.weight" in report.loaded
+    torch.testing.assert_close(target.layers[0].primary_ssd.A_log, source.layers[0].primary_ssd.A_log)
     assert not target.adapters["text"].item_bias.weight.abs().sum()  # kept its own (zero) table
     assert "adapters.text.item_bias.weight" in report.kept_initial
     assert "skipped adapters.kg.item_bias.weight: item-specific" in report.summary()
 
     wider = _model(prepared, hidden_size=64, inner_size=128)
-    with pytest.raises(TransferError, match="primary_layers.0.ssd.in_proj.weight: checkpoint"):
+    with pytest.raises(TransferError, match="layers.0.primary_ssd.in_proj.weight: checkpoint"):
         load_transferable(target, wider.state_dict())
     with pytest.raises(TransferError, match="is this a checkpoint of another model"):
         load_transferable(target, {"item_embedding.weight": torch.zeros(3, 32)})
@@ -320,7 +330,7 @@ def test_fused_scores_equal_the_weighted_sum_over_streams(prepared, batch, fusio
         items = torch.tensor([3, 1, 40, 7])
         for item_ids in (None, items):
             ids = torch.arange(model.n_items) if item_ids is None else item_ids
-            streams = [F.normalize(v, dim=-1) for v in model.item_vectors(ids)]
+            streams = [F.normalize(model.adapters[name].project(model.features[name], ids), dim=-1) for name in ("text", "kg")]
             if fusion == "static":
                 weights = torch.ones(len(ids), 2)
             elif fusion == "dynamic_shared":
@@ -344,9 +354,48 @@ def test_adapter_projects_rows_or_the_catalogue_alike(prepared):
         few = torch.tensor([[0, 5, 9], [9, 2, 0]])  # fewer ids than items: row by row
         many = few.repeat(1, table.num_items)  # more ids than items: the whole catalogue
         assert few.numel() < table.num_items < many.numel()
-        torch.testing.assert_close(adapter(table, many)[:, :3], adapter(table, few))
-        torch.testing.assert_close(adapter(table)[few], adapter(table, few))
+        torch.testing.assert_close(adapter.project(table, many)[:, :3], adapter.project(table, few))
+        torch.testing.assert_close(adapter.project(table)[few], adapter.project(table, few))
+        torch.testing.assert_close(adapter(table, few), adapter.norm(adapter.project(table, few)))
         assert not adapter.item_bias.weight[0].any()
+
+
+def test_candidates_are_scored_without_dropout_or_layer_norm(prepared, batch):
+    """Candidates are normalize(Linear(f) + bias) per stream, in training as in evaluation; only
+    the history goes through dropout and LayerNorm."""
+    model = _model(prepared, dropout_prob=0.4).train()
+    with torch.no_grad():
+        for name in ("text", "kg"):
+            model.adapters[name].item_bias.weight[1:].normal_()
+        first, second = model.candidate_vectors(), model.candidate_vectors()
+        torch.testing.assert_close(first, second, rtol=0, atol=0)
+        expected = sum(
+            F.normalize(model.features[name]() @ model.adapters[name].linear.weight.T + model.adapters[name].linear.bias
+                        + model.adapters[name].item_bias.weight, dim=-1)
+            for name in ("text", "kg")
+        )
+        torch.testing.assert_close(first, expected)
+        torch.testing.assert_close(model.eval().candidate_vectors(), first, rtol=0, atol=0)
+        # The sequence input does go through dropout in training.
+        model.train()
+        items = batch["item_id_list"]
+        assert (model.item_vectors(items)[0] - model.item_vectors(items)[0]).abs().max() > 0
+
+
+def test_transferable_parameters_at_the_paper_sizes(tmp_path):
+    """Hidden 256, 8 heads x 64, d_state 64, 8 groups, FFN 256 (the model YAML's defaults) with
+    768-d text and image features: about 2.0 M transferable parameters, as the paper says."""
+    build_time_groups(str(tmp_path / TIME_GROUPS), users=20, feature_dim=768)
+    config = PluginConfig(model="MMM4Rec", dataset=TIME_GROUPS, config_dict=time_groups_config(
+        str(tmp_path), tmp_path, hidden_size=256, head_dim=64, d_state=64, n_groups=8, inner_size=256, use_item_id=True,
+        MAX_ITEM_LIST_LENGTH=20))
+    _, dataset, train_data = prepare(config)
+    model = MMM4Rec(config, train_data._dataset)
+    transferable = sum(
+        p.numel() for name, p in model.named_parameters() if not any(k in name for k in MMM4Rec.ITEM_SPECIFIC_PARAMETERS)
+    )
+    assert transferable == 1_992_793
+    assert sum(p.numel() for p in model.parameters()) - transferable == 2 * dataset.item_num * 256
 
 
 def test_missing_kernel_backend_key_means_auto(prepared):

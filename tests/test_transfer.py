@@ -118,7 +118,7 @@ def test_fine_tuning_loads_transferable_weights_and_reports_every_key(subset_dat
     transferable = sorted(k for k in pre if "item_bias" not in k)
     assert lines[0] == f"loaded {len(transferable)} tensors:"
     assert [line.split()[1] for line in lines if line.startswith("  loaded ")] == transferable
-    assert any(k.startswith("primary_layers.0.ssd.") for k in transferable) and any(k.startswith("adapters.text.") for k in transferable)
+    assert any(k.startswith("layers.0.primary_ssd.") for k in transferable) and any(k.startswith("adapters.text.") for k in transferable)
     for modality in ("text", "kg"):
         assert f"  skipped adapters.{modality}.item_bias.weight: item-specific (belongs to the checkpoint's catalogue)" in lines
         assert f"  kept the model's initial adapters.{modality}.item_bias.weight" in lines
@@ -128,13 +128,13 @@ def test_fine_tuning_loads_transferable_weights_and_reports_every_key(subset_dat
 def test_frozen_parts_keep_their_pretrained_values(subset_data_path, pretrained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = subset_config_dict(
-        subset_data_path, tmp_path, **SMALL, pretrained=pretrained["checkpoint"], freeze=["primary_layers", "adapters.kg"]
+        subset_data_path, tmp_path, **SMALL, pretrained=pretrained["checkpoint"], freeze=["layers.0.primary_ssd", "adapters.kg"]
     )
     result = run_recbole("MMM4Rec", SUBSET_NAME, config_dict=settings, saved=True)
     pre = compat.load_checkpoint(pretrained["checkpoint"])["state_dict"]
     tuned = compat.load_checkpoint(result["saved_model_file"])["state_dict"]
-    frozen = [k for k in pre if k.startswith(("primary_layers.", "adapters.kg.")) and "item_bias" not in k]
-    trained = [k for k in pre if k.startswith("fused_layers.")]
+    frozen = [k for k in pre if k.startswith(("layers.0.primary_ssd.", "adapters.kg.")) and "item_bias" not in k]
+    trained = [k for k in pre if k.startswith("layers.0.cross")]
     assert frozen and trained
     assert all(torch.equal(pre[k], tuned[k]) for k in frozen)
     assert any(not torch.equal(pre[k], tuned[k]) for k in trained)

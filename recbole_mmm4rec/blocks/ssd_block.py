@@ -2,12 +2,13 @@
 
 A Mamba-2 mixer whose step size dt is modulated by the time channel::
 
-    self  (TiSSD):     z, x, B, C, dt from the input stream
-    cross (Cross-SSD): x, B, dt from the input stream (text); C from the condition stream;
-                       z from input + condition
+    self  (TiSSD):     [z, x, B, C, dt] from the input stream (IN_PROJ_LAYOUT)
+    cross (Cross-SSD): [x, B, dt] from the input stream (text); C from the condition stream;
+                       z from input + condition (CROSS_IN_PROJ_LAYOUT)
 
     xBC   = SiLU(causal_conv(xBC))                depthwise over positions
-    dt    = dt * time_dt                          time_dt from the time path (if any)
+    dt    = dt + time_dt  (residual form)         time_dt from the time path (if any);
+            dt * time_dt  (paper form)            see recbole_mmm4rec.blocks.time_channel
     delta = softplus(dt + dt_bias) * mask         0 at padding
     y     = SSD(x, delta, A, B, C) + D * x        D skip on the raw x
     out   = out_proj(rms_norm(y * silu(z)) * w)
@@ -30,6 +31,12 @@ from torch import nn
 
 from recbole_mmm4rec.blocks.time_channel import TimeModulation
 from recbole_mmm4rec.kernels.backends import check_backend, select_kernels
+
+# The in-projection's outputs in order, as mamba-ssm's Mamba2 splits them; "width" is the SSD
+# width (expand * hidden), "state" n_groups * d_state, "heads" one dt per head.
+IN_PROJ_LAYOUT = (("z", "width"), ("x", "width"), ("B", "state"), ("C", "state"), ("dt", "heads"))
+# The Cross-SSD projects C from the condition stream and z from the sum of both streams.
+CROSS_IN_PROJ_LAYOUT = (("x", "width"), ("B", "state"), ("dt", "heads"))
 
 
 def ssd_dimensions(hidden_size: int, expand: int, head_dim: int, n_groups: int) -> tuple[int, int]:
@@ -65,7 +72,9 @@ class TimeAwareSSD(nn.Module):
         time_channel: modulate dt by the time channel (False: dt unchanged, no time path).
         update_time_channel: also return an updated time channel (False where nothing reads it,
             so that no parameter goes untrained; the Cross-SSD never updates it).
-        layer_norm_eps: epsilon of the time path's LayerNorm.
+        time_dropout_prob: the time path's dropout.
+        time_path_form: ``residual`` or ``paper`` (see :mod:`recbole_mmm4rec.blocks.time_channel`).
+        layer_norm_eps: epsilon of the time path's normalisation.
         rms_norm_eps: epsilon of the gated RMSNorm.
         kernel_backend: ``auto``, ``torch`` or ``cuda`` (see :func:`select_kernels`).
     """
@@ -83,6 +92,8 @@ class TimeAwareSSD(nn.Module):
         cross: bool = False,
         time_channel: bool = True,
         update_time_channel: bool = True,
+        time_dropout_prob: float = 0.0,
+        time_path_form: str = "residual",
         layer_norm_eps: float = 1e-12,
         rms_norm_eps: float = 1e-5,
         kernel_backend: str = "auto",
@@ -93,14 +104,15 @@ class TimeAwareSSD(nn.Module):
         self.chunk_size, self.cross, self.rms_norm_eps = chunk_size, cross, rms_norm_eps
         check_backend(kernel_backend)
         self.kernel_backend = kernel_backend
-        state_size = n_groups * d_state
-        conv_channels = self.ssd_width + 2 * state_size  # x, B, C
+        sizes = {"width": self.ssd_width, "state": n_groups * d_state, "heads": self.heads}
+        layout = CROSS_IN_PROJ_LAYOUT if cross else IN_PROJ_LAYOUT
+        self.in_proj_names = [name for name, _ in layout]
+        self.in_proj_sizes = [sizes[size] for _, size in layout]
+        self.in_proj = nn.Linear(hidden_size, sum(self.in_proj_sizes), bias=False)
         if cross:
-            self.in_proj = nn.Linear(hidden_size, self.ssd_width + state_size + self.heads, bias=False)
-            self.c_proj = nn.Linear(hidden_size, state_size, bias=False)
+            self.c_proj = nn.Linear(hidden_size, sizes["state"], bias=False)
             self.z_proj = nn.Linear(hidden_size, self.ssd_width, bias=False)
-        else:
-            self.in_proj = nn.Linear(hidden_size, 2 * self.ssd_width + 2 * state_size + self.heads, bias=False)
+        conv_channels = self.ssd_width + 2 * sizes["state"]  # x, B, C
         conv_bound = 1 / math.sqrt(conv_width)  # nn.Conv1d's initial range
         self.conv_weight = nn.Parameter(torch.empty(conv_channels, conv_width).uniform_(-conv_bound, conv_bound))
         self.conv_bias = nn.Parameter(torch.empty(conv_channels).uniform_(-conv_bound, conv_bound))
@@ -111,9 +123,16 @@ class TimeAwareSSD(nn.Module):
         self.D = nn.Parameter(torch.ones(self.heads))
         self.norm_weight = nn.Parameter(torch.ones(self.ssd_width))
         self.out_proj = nn.Linear(self.ssd_width, hidden_size, bias=False)
+        self.time_path_form = time_path_form
         self.time_path = (
             TimeModulation(
-                self.heads, max_seq_length, conv_width, layer_norm_eps, update_channel=update_time_channel and not cross
+                self.heads,
+                max_seq_length,
+                conv_width,
+                layer_norm_eps,
+                time_dropout_prob,
+                time_path_form,
+                update_channel=update_time_channel and not cross,
             )
             if time_channel
             else None
@@ -135,8 +154,8 @@ class TimeAwareSSD(nn.Module):
             condition: (b, l, hidden_size) condition stream; required iff ``cross``.
         Returns:
             (b, l, hidden_size) output and the updated (b, l, heads) time channel; None without
-            a time path and for the Cross-SSD, whose input channel (the Fourier-fused one) is
-            what the next layer's second stream continues with.
+            a time path and for the Cross-SSD (the next layer's streams continue with the
+            channels their TiSSD updated, as in the reference).
         """
         if (condition is not None) != self.cross:
             raise ValueError("TimeAwareSSD: a condition stream is required by, and only by, the Cross-SSD")
@@ -144,24 +163,22 @@ class TimeAwareSSD(nn.Module):
         batch, length, _ = hidden.shape
         mask_f = mask.unsqueeze(-1).to(hidden.dtype)
         hidden = hidden * mask_f
-        state_size = self.n_groups * self.d_state
+        parts = dict(zip(self.in_proj_names, self.in_proj(hidden).split(self.in_proj_sizes, dim=-1)))
         if self.cross:
             condition = condition * mask_f
-            xB, dt = self.in_proj(hidden).split([self.ssd_width + state_size, self.heads], dim=-1)
-            z = self.z_proj(hidden + condition)
-            xBC = torch.cat([xB, self.c_proj(condition)], dim=-1)
-        else:
-            z, xBC, dt = self.in_proj(hidden).split(
-                [self.ssd_width, self.ssd_width + 2 * state_size, self.heads], dim=-1
-            )
+            parts["z"] = self.z_proj(hidden + condition)
+            parts["C"] = self.c_proj(condition)
+        z, dt = parts["z"], parts["dt"]
+        xBC = torch.cat([parts["x"], parts["B"], parts["C"]], dim=-1)
         # (b, l, d) seen as (b, d, l), as causal-conv1d takes it: no copy for the torch kernel.
         xBC = kernels.causal_conv1d(xBC.transpose(1, 2), self.conv_weight, self.conv_bias, "silu").transpose(1, 2)
+        state_size = self.n_groups * self.d_state
         x, B, C = xBC.split([self.ssd_width, state_size, state_size], dim=-1)
 
         updated_time = None
         if self.time_path is not None:
             time_dt, updated_time = self.time_path(time_channel, mask)
-            dt = dt * time_dt
+            dt = dt * time_dt if self.time_path_form == "paper" else dt + time_dt
         delta = F.softplus(dt + self.dt_bias) * mask_f
         y = kernels.ssd_scan(
             x.reshape(batch, length, self.heads, self.head_dim),

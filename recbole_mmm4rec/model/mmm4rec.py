@@ -6,10 +6,12 @@ differs from the paper's reference code (time-path causality, padding, the D ski
 ``recbole_mmm4rec.blocks`` say why.
 
 Items are frozen features of two modalities (e.g. text and image). Each modality is adapted to
-the hidden size; the first ("primary", text in the paper) stream runs through a TiSSD layer,
-the second through the same TiSSD block and then a Cross-SSD fused with the first. The user
-vector is the last real position's output; an item's score is the temperature-scaled sum of the
-user vector's dot products with the item's L2-normalised modality vectors.
+the hidden size; in each layer (:class:`~recbole_mmm4rec.blocks.MMM4RecLayer`) the first
+("primary", text in the paper) stream runs through a TiSSD block, the second through the same
+block and then a Cross-SSD fused with the first. The user vector is the last real position's
+output; an item's score is the temperature-scaled sum of the user vector's dot products with
+the item's L2-normalised modality vectors (``normalize(Linear(features) + bias)``, without the
+dropout and LayerNorm of the sequence input).
 """
 from __future__ import annotations
 
@@ -24,12 +26,11 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mmm4rec.blocks import (
-    CoTiSSDLayer,
     FourierTimeFilter,
     ItemFeatureTable,
+    MMM4RecLayer,
     ModalityAdapter,
     TimeAwareSSD,
-    TiSSDLayer,
     in_batch_cross_entropy,
     init_weights,
     ssd_dimensions,
@@ -64,7 +65,10 @@ class MMM4Rec(SequentialRecommender):
         self.conv_width = config["conv_width"]
         self.chunk_size = config["chunk_size"]
         self.inner_size = config["inner_size"]
+        self.ffn_activation = config["ffn_activation"]
         self.dropout_prob = config["dropout_prob"]
+        self.time_dropout_prob = config["time_dropout_prob"]
+        self.time_path_form = config["time_path_form"]
         self.layer_norm_eps = config["layer_norm_eps"]
         self.rms_norm_eps = config["rms_norm_eps"]
         self.initializer_range = config["initializer_range"]
@@ -107,20 +111,24 @@ class MMM4Rec(SequentialRecommender):
                 for name in self.modality_streams
             }
         )
-        self.primary_layers = nn.ModuleList(
+        two_streams = len(self.modality_streams) == 2
+        self.time_dropout = nn.Dropout(self.time_dropout_prob)
+        self.layers = nn.ModuleList(
             [
-                TiSSDLayer(
-                    self._ssd(cross=False, update_time_channel=self._primary_time_update_read(index)),
+                MMM4RecLayer(
+                    self._ssd,
                     self.hidden_size,
                     self.inner_size,
                     self.dropout_prob,
                     self.layer_norm_eps,
+                    self.ffn_activation,
+                    two_streams=two_streams,
+                    share_tissd=self.share_tissd,
+                    fourier=self._fourier() if two_streams else None,
+                    last=index == self.n_layers - 1,
                 )
                 for index in range(self.n_layers)
             ]
-        )
-        self.fused_layers = nn.ModuleList(
-            [self._fused_layer() for _ in range(self.n_layers)] if len(self.modality_streams) == 2 else []
         )
         n_streams = len(self.modality_streams)
         self.fusion_logits = nn.Parameter(torch.zeros(n_streams)) if self.fusion == "dynamic_shared" else None
@@ -179,13 +187,7 @@ class MMM4Rec(SequentialRecommender):
                 f"{self.modality_streams} set fusion: static"
             )
 
-    def _primary_time_update_read(self, layer: int) -> bool:
-        """Whether anything reads the time channel that primary layer ``layer``'s TiSSD updates:
-        the next layer, the Fourier filter, or (shared block) the secondary stream's Cross-SSD."""
-        two_streams = len(self.modality_streams) == 2
-        return layer < self.n_layers - 1 or (two_streams and (self.fourier_filter or self.share_tissd))
-
-    def _ssd(self, cross: bool, update_time_channel: bool = True) -> TimeAwareSSD:
+    def _ssd(self, cross: bool, update_time_channel: bool) -> TimeAwareSSD:
         return TimeAwareSSD(
             self.hidden_size,
             self.expand,
@@ -198,45 +200,36 @@ class MMM4Rec(SequentialRecommender):
             cross=cross,
             time_channel=self.use_time_channel,
             update_time_channel=update_time_channel,
+            time_dropout_prob=self.time_dropout_prob,
+            time_path_form=self.time_path_form,
             layer_norm_eps=self.layer_norm_eps,
             rms_norm_eps=self.rms_norm_eps,
             kernel_backend=self.kernel_backend,
         )
 
-    def _fused_layer(self) -> CoTiSSDLayer:
-        use_fourier = self.use_time_channel and self.fourier_filter
-        return CoTiSSDLayer(
-            own_ssd=None if self.share_tissd else self._ssd(cross=False),
-            cross_ssd=self._ssd(cross=True),
-            fourier=FourierTimeFilter(self.n_heads, self.max_seq_length) if use_fourier else None,
-            hidden_size=self.hidden_size,
-            inner_size=self.inner_size,
-            dropout_prob=self.dropout_prob,
-            layer_norm_eps=self.layer_norm_eps,
-        )
+    def _fourier(self) -> FourierTimeFilter | None:
+        if not (self.use_time_channel and self.fourier_filter):
+            return None
+        return FourierTimeFilter(self.n_heads, self.max_seq_length, self.time_path_form)
 
-    def item_vectors(self, item_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Adapted vectors of ``item_ids`` (any shape, or all items if None), one per stream."""
+    def item_vectors(self, item_ids: torch.Tensor) -> list[torch.Tensor]:
+        """The sequence input of ``item_ids`` (any shape), one per stream (dropout and LayerNorm)."""
         return [self.adapters[name](self.features[name], item_ids) for name in self.modality_streams]
 
     def forward_sequence(self, item_seq: torch.Tensor, timestamps: torch.Tensor | None) -> torch.Tensor:
         """Outputs at every position: (b, l) items (0 = padding, before or after the history) -> (b, l, hidden)."""
         mask = item_seq > 0
         streams = self.item_vectors(item_seq)
-        time_channel = None
+        primary, secondary = streams[0], streams[1] if len(streams) == 2 else None
+        primary_time = secondary_time = None
         if self.use_time_channel:
             if timestamps is None:
                 raise ValueError(f"MMM4Rec with time_channel: pass the history timestamps ({self.TIME_SEQ})")
-            gaps = time_gaps(timestamps, mask, self.time_unit).to(streams[0].dtype)
-            time_channel = gaps.unsqueeze(-1).expand(-1, -1, self.n_heads)
-        primary, primary_time = streams[0], time_channel
-        secondary, secondary_time = (streams[1], time_channel) if len(streams) == 2 else (None, None)
-        for index, primary_layer in enumerate(self.primary_layers):
-            primary, primary_time = primary_layer(primary, mask, primary_time)
-            if secondary is not None:
-                secondary, secondary_time = self.fused_layers[index](
-                    secondary, primary, mask, secondary_time, primary_time, shared_ssd=primary_layer.ssd
-                )
+            gaps = self.time_dropout(time_gaps(timestamps, mask, self.time_unit).to(primary.dtype))
+            primary_time = gaps.unsqueeze(-1).expand(-1, -1, self.n_heads)
+            secondary_time = primary_time if secondary is not None else None
+        for layer in self.layers:
+            primary, secondary, primary_time, secondary_time = layer(primary, secondary, mask, primary_time, secondary_time)
         return secondary if secondary is not None else primary
 
     def forward(
@@ -263,12 +256,16 @@ class MMM4Rec(SequentialRecommender):
         return n_streams * torch.softmax(logits, dim=-1)
 
     def candidate_vectors(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """(*, hidden) fused candidate vectors: the fusion-weighted sum of the L2-normalised streams.
+        """(*, hidden) fused candidate vectors: the fusion-weighted sum of each stream's
+        ``normalize(Linear(features) + bias)``, the same in training and evaluation.
 
         The logit is linear in the item vector, so the sum over streams of the user's dot products
         with each stream equals one dot product with this sum: a single matmul against the catalogue.
         """
-        vectors = torch.stack([F.normalize(v, dim=-1) for v in self.item_vectors(item_ids)], dim=-2)
+        vectors = torch.stack(
+            [F.normalize(self.adapters[name].project(self.features[name], item_ids), dim=-1) for name in self.modality_streams],
+            dim=-2,
+        )
         weights = self._fusion_weights(item_ids)
         if weights is None:
             return vectors.sum(-2)
