@@ -1,11 +1,13 @@
 """A synthetic dataset in which only the time gaps decide the next item.
 
-Items fall into two groups. Each user's events are spaced by gaps drawn at random, short (an
-hour) or long (a month); the item after a short gap's event comes from the first group, after a
-long gap's event from the second, uniformly within the group. So the group of a history's
-target is decided by the history's last gap alone: item identities, features and order carry
-nothing about it. A model that reads the gaps can halve its candidates (test Hit@10 about
-10 / group size); one that cannot stays at about 10 / items.
+Items fall into two groups, which their features show (as items of one category look alike):
+each modality's features are random plus a shared direction, with the sign of the item's group.
+Each user's events are spaced by gaps drawn at random, short (an hour) or long (a month); the
+item after a short gap's event comes from the first group, after a long gap's event from the
+second, uniformly within the group. So the group of a history's target is decided by the
+history's last gap alone: the items of the history and their order carry nothing about it. A
+model that reads the gaps can halve its candidates (test Hit@10 about 10 / group size); one that
+cannot stays at about 10 / items.
 """
 from __future__ import annotations
 
@@ -36,8 +38,11 @@ def build_time_groups(folder: str, users: int = 1000, events: int = 14, feature_
             rows.append(f"u{user}\t{item}\t{times[k]}")
     with open(os.path.join(folder, f"{NAME}.inter"), "w", encoding="utf-8") as f:
         f.write("user_id:token\titem_id:token\ttimestamp:float\n" + "\n".join(rows) + "\n")
+    group_sign = np.repeat([-1.0, 1.0], ITEMS_PER_GROUP)[:, None]
     for modality in ("text", "kg"):
-        features = rng.standard_normal((len(items), feature_dim)).astype(np.float32)
+        direction = rng.standard_normal(feature_dim)
+        features = rng.standard_normal((len(items), feature_dim)) + group_sign * direction
+        features = features.astype(np.float32)
         write_item_features(os.path.join(folder, f"{NAME}.{modality}.npy"), items, features)
 
 
