@@ -23,6 +23,7 @@ from logging import getLogger
 from typing import Any
 
 import torch
+from recbole.config import Config
 from recbole.data.dataloader import AbstractDataLoader
 from recbole.data.dataset import Dataset
 from recbole.utils import set_color
@@ -69,7 +70,11 @@ def source_records(config: Any, dataset_class: type) -> dict[str, dict]:
 
 
 def _when(mtime_ns: Any) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime_ns / 1e9)) if isinstance(mtime_ns, int) else "?"
+    """A recorded modification time for messages ("?" for a record that holds none)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime_ns / 1e9))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
 
 
 def changed_source(recorded: Any, config: Any, dataset_class: type) -> str | None:
@@ -81,8 +86,9 @@ def changed_source(recorded: Any, config: Any, dataset_class: type) -> str | Non
     if not isinstance(recorded, dict):
         return "it holds no record of the files it was built from (saved by RecBole itself or by an older recbole-mmm4rec)"
     current = dataset_source_files(config, dataset_class)
-    for path in sorted(set(recorded) - set(current)):
-        return f"it was built from {path}, which no longer exists or is no longer read under this config"
+    gone = sorted(set(recorded) - set(current))
+    if gone:
+        return f"it was built from {gone[0]}, which no longer exists or is no longer read under this config"
     for path in current:
         old = recorded.get(path)
         if not isinstance(old, dict):
@@ -98,6 +104,8 @@ def changed_source(recorded: Any, config: Any, dataset_class: type) -> str | Non
 
 def changed_argument(config: Any, saved_config: Any, extra_keys: tuple[str, ...] = ()) -> str | None:
     """RecBole's rule for reuse: the first dataset argument (or seed, ...) that differs, or None."""
+    if not isinstance(saved_config, Config):
+        return f"it holds a {type(saved_config).__name__} where RecBole keeps its Config"
     for key in [*dataset_arguments, "seed", "repeatable", *extra_keys]:
         if config[key] != saved_config[key]:
             return f"config key {key} was {saved_config[key]!r} when it was saved, now {config[key]!r}"
@@ -107,7 +115,7 @@ def changed_argument(config: Any, saved_config: Any, extra_keys: tuple[str, ...]
 def _stale_dataset(dataset: Any, config: Any, dataset_class: type) -> str | None:
     if not isinstance(dataset, dataset_class):
         return f"it holds a {type(dataset).__name__}, not a {dataset_class.__name__}"
-    return changed_argument(config, dataset.config) or changed_source(
+    return changed_argument(config, getattr(dataset, "config", None)) or changed_source(
         getattr(dataset, SOURCE_RECORDS, None), config, dataset_class
     )
 
@@ -171,8 +179,8 @@ def _stale_dataloaders(saved: Any, config: Any) -> str | None:
     ):
         return "it does not hold RecBole's three split dataloaders with their generator states"
     train_data = saved[0][0]
-    dataset = train_data._dataset
-    return changed_argument(config, train_data.config, ("eval_args",)) or changed_source(
+    dataset = getattr(train_data, "_dataset", None)
+    return changed_argument(config, getattr(train_data, "config", None), ("eval_args",)) or changed_source(
         getattr(dataset, SOURCE_RECORDS, None), config, type(dataset)
     )
 
