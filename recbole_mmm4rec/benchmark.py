@@ -35,7 +35,7 @@ LOCATION_KEYS = {
     "checkpoint_dir", "data_path", "show_progress", "state", "verbose", "log_wandb", "wandb_project",
     "pretrained", "save_dataset", "dataset_save_path", "save_dataloaders", "dataloaders_save_path",
     "gpu_id", "local_rank", "world_size", "nproc", "offset", "ip", "port", "worker", "single_spec",
-    "memory_map_features",
+    "memory_map_features", "trust_checkpoint",
 }
 # run_benchmark's defaults (Hit and NDCG at 10, 20, 50; NDCG@10 selects), under the config files.
 def defaults_file() -> str:

@@ -15,6 +15,13 @@ from recbole_mmm4rec import registry
 from recbole_mmm4rec.allocator import keep_freed_memory
 
 
+# Every command reads checkpoints or saved datasets; the opt-out is a config key like any other.
+TRUST_HELP = (
+    " --trust_checkpoint=True unpickles checkpoints, saved datasets and saved dataloaders without "
+    "restriction (only for files you trust: by default they may hold only RecBole's and recbole-mmm4rec's objects)."
+)
+
+
 def add_model_and_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--model and --config_files, as in RecBole's run_recbole.py."""
     parser.add_argument(
@@ -55,7 +62,7 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description + " Any other --key=value sets a RecBole config key "
-        "(e.g. --epochs=5 --train_batch_size=512).",
+        "(e.g. --epochs=5 --train_batch_size=512)." + TRUST_HELP,
         epilog=f"plugin models:\n{listing or '  (none registered)'}\n"
         "every RecBole built-in model name works as well (SASRec, GRU4Rec, BPR, ...).\n"
         f"buildable datasets: {', '.join(sorted(registry.DATASET_BUILDERS))} "
@@ -157,7 +164,7 @@ def build_hyper_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_hyper",
         description="Hyper-parameter search with Ray Tune for recbole-mmm4rec's models and RecBole's. "
-        "Any other --key=value sets a fixed RecBole config key for every trial (e.g. --epochs=5).",
+        "Any other --key=value sets a fixed RecBole config key for every trial (e.g. --epochs=5)." + TRUST_HELP,
         epilog="space files: RecBole's .hyper lines ('learning_rate loguniform -9.21,-4.61', "
         "'hidden_size choice [32, 64]', 'dropout_prob uniform 0.1,0.5', 'n_layers quniform 1,3,1') "
         "or the same kinds as YAML (kind: {name: values}); loguniform bounds are natural logs, as in "
@@ -214,7 +221,7 @@ def build_benchmark_parser() -> argparse.ArgumentParser:
         description="Several models side by side on one dataset: the same split, evaluator and early "
         "stopping, several seeds each; mean and std of every metric, epochs and time to the best "
         "validation, s/epoch, peak memory and parameters. Any other --key=value sets a RecBole config "
-        "key for every run (e.g. --epochs=30 --stopping_step=3).",
+        "key for every run (e.g. --epochs=30 --stopping_step=3)." + TRUST_HELP,
         epilog="--models takes RecBole's built-in names and this package's, with optional settings per "
         "variant: --models='MMM4Rec,MMM4Rec[use_item_id=False],SASRec,GRU4Rec,UniSRec'. Finished runs "
         "are kept in <output>/runs and reused by a re-run with the same settings; a failed run is "

@@ -47,6 +47,7 @@ RUN_ONLY_KEYS = {
     "epochs", "save_step", "resume", "checkpoint_dir", "data_path", "show_progress", "state", "verbose",
     "device", "gpu_id", "use_gpu", "local_rank", "world_size", "nproc", "offset", "ip", "port",
     "single_spec", "worker", "log_wandb", "wandb_project", "shuffle", "benchmark_filename", "memory_map_features",
+    "trust_checkpoint",
 }
 
 

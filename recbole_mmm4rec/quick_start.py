@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
-import pickle
 import shutil
 import tempfile
 import time
@@ -13,20 +13,19 @@ from typing import Any, Callable, Sequence
 import torch
 
 from recbole.config import Config
-from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data.dataset import Dataset
 from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import (
+    ModelType,
     get_environment,
     get_flops,
     get_trainer,
     init_seed,
     set_color,
 )
-from recbole.utils.argument_list import dataset_arguments  # includes our keys (compat)
 
-from recbole_mmm4rec import compat, registry
+from recbole_mmm4rec import compat, registry, saved_data
 from recbole_mmm4rec.config import PluginConfig
 from recbole_mmm4rec.data.features import default_mode
 from recbole_mmm4rec.history import EpochCallback, recording_trainer
@@ -88,32 +87,41 @@ def build_dataset_folder(name: str, dataset_dir: str, builder: Callable[[str], A
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def recbole_dataset_class(config: Config) -> type:
+    """The dataset class RecBole's ``create_dataset`` chooses for a built-in model."""
+    module = importlib.import_module("recbole.data.dataset")
+    by_model = getattr(module, f"{config['model']}Dataset", None)
+    if by_model is not None:
+        return by_model
+    by_type = {
+        ModelType.GENERAL: "Dataset",
+        ModelType.SEQUENTIAL: "SequentialDataset",
+        ModelType.CONTEXT: "Dataset",
+        ModelType.KNOWLEDGE: "KnowledgeBasedDataset",
+        ModelType.TRADITIONAL: "Dataset",
+        ModelType.DECISIONTREE: "Dataset",
+    }
+    return getattr(module, by_type[config["MODEL_TYPE"]])
+
+
 def create_dataset(config: Config) -> Dataset:
-    """The dataset class of a plugin model, else RecBole's choice for the model."""
+    """The dataset class of a plugin model, else RecBole's choice for the model.
+
+    Built-in models' datasets go through the same path as plugin models' (not RecBole's
+    ``create_dataset``, which unpickles any saved file with plain pickle): a saved dataset is
+    read restricted and reused only while its source files are unchanged
+    (:func:`recbole_mmm4rec.saved_data.load_or_build_dataset`).
+    """
     ensure_dataset_files(config)
     plugin = registry.get_plugin(config["model"])
-    if plugin is None:
-        if config["modalities"]:
-            getLogger().warning(
-                f"{config['model']} is a RecBole built-in model: it trains on the interactions "
-                f"only; modalities {config['modalities']} are not loaded (plugin models use them)"
-            )
-        return recbole_create_dataset(config)
-    # RecBole's rule: reuse a saved dataset whose dataset arguments are unchanged.
-    default_file = os.path.join(
-        config["checkpoint_dir"], f"{config['dataset']}-{plugin.dataset_class.__name__}.pth"
-    )
-    saved_file = config["dataset_save_path"] or default_file
-    if os.path.isfile(saved_file):
-        with open(saved_file, "rb") as f:
-            dataset = pickle.load(f)
-        if all(config[k] == dataset.config[k] for k in dataset_arguments + ["seed", "repeatable"]):
-            getLogger().info(set_color("Load filtered dataset from", "pink") + f": [{saved_file}]")
-            return dataset
-    dataset = plugin.dataset_class(config)
-    if config["save_dataset"]:
-        dataset.save()
-    return dataset
+    if plugin is not None:
+        return saved_data.load_or_build_dataset(config, plugin.dataset_class)
+    if config["modalities"]:
+        getLogger().warning(
+            f"{config['model']} is a RecBole built-in model: it trains on the interactions "
+            f"only; modalities {config['modalities']} are not loaded (plugin models use them)"
+        )
+    return saved_data.load_or_build_dataset(config, recbole_dataset_class(config))
 
 
 def trainer_class(config: Config) -> type:
@@ -130,14 +138,14 @@ def build_model_and_trainer(config: Config, train_data) -> tuple[torch.nn.Module
     return model, trainer_class(config)
 
 
-def load_pretrained(model: torch.nn.Module, checkpoint_file: str) -> str:
+def load_pretrained(model: torch.nn.Module, checkpoint_file: str, trust: bool = False) -> str:
     """Load a checkpoint's transferable weights into ``model``; returns the key report.
 
     ``checkpoint_file`` is a RecBole checkpoint (``run_pretrain``, ``run_recbole``) of the same
     model class, or a bare state dict. Raises :class:`TransferError` for another model's
-    checkpoint or mismatched shapes.
+    checkpoint or mismatched shapes. ``trust`` as in :func:`recbole_mmm4rec.compat.load_checkpoint`.
     """
-    checkpoint = compat.load_checkpoint(checkpoint_file, map_location="cpu")
+    checkpoint = compat.load_checkpoint(checkpoint_file, map_location="cpu", trust=trust)
     if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
         saved_model = checkpoint["config"]["model"] if "config" in checkpoint else None
         if saved_model is not None and saved_model != type(model).__name__:
@@ -161,7 +169,7 @@ def prepare_model(model: torch.nn.Module, config: Config) -> str | None:
     logger = getLogger()
     report = None
     if config["pretrained"]:
-        report = load_pretrained(model, config["pretrained"])
+        report = load_pretrained(model, config["pretrained"], trust=compat.trusts_files(config))
         logger.info(set_color("Transfer from", "pink") + f" {config['pretrained']}: " + report)
     prefixes = config["freeze"] or []
     if isinstance(prefixes, str):  # --freeze=adapters,primary_layers arrives as a string
@@ -295,12 +303,26 @@ def load_data_and_model(model_file: str, trust: bool = False) -> tuple:
     """Reload a checkpoint written by :func:`run_recbole` (or RecBole) with its data.
 
     Returns ``(config, model, dataset, train_data, valid_data, test_data)`` like RecBole's
-    function. The file is unpickled only if it references RecBole's or our classes alone
-    (see :func:`recbole_mmm4rec.compat.load_checkpoint`), unless ``trust=True``.
+    function. The checkpoint, and the saved dataset and dataloaders its config names
+    (``dataset_save_path``, ``dataloaders_save_path``, ``checkpoint_dir``), are unpickled only if
+    they reference RecBole's or our classes alone (see
+    :func:`recbole_mmm4rec.compat.load_checkpoint`), unless ``trust=True``: the checkpoint's own
+    ``trust_checkpoint`` is never followed.
     """
     compat.import_recbole_models()
     checkpoint = compat.load_checkpoint(model_file, map_location="cpu", trust=trust)
+    is_recbole_checkpoint = (
+        isinstance(checkpoint, dict)
+        and isinstance(checkpoint.get("config"), Config)
+        and isinstance(checkpoint.get("state_dict"), dict)
+    )
+    if not is_recbole_checkpoint:
+        raise compat.UntrustedCheckpointError(
+            f"{model_file}: expected a RecBole checkpoint (a dict with a Config under 'config' and a "
+            f"'state_dict'), found a {type(checkpoint).__name__}"
+        )
     config = checkpoint["config"]
+    config["trust_checkpoint"] = trust
     # An unpickled Config skips __init__, which is where RecBole sets the numpy aliases
     # (np.float, ...) its metrics still use.
     config.compatibility_settings()

@@ -27,6 +27,12 @@ DATASET_KEYS = [
 ]
 
 
+def configured_modalities(config) -> list[str]:
+    """``modalities`` as a list (``--modalities=text`` arrives as a string)."""
+    modalities = config["modalities"] or []
+    return [modalities] if isinstance(modalities, str) else list(modalities)
+
+
 class MultiModalSequentialDataset(SequentialDataset):
     """A :class:`~recbole.data.dataset.SequentialDataset` that attaches item features.
 
@@ -49,9 +55,7 @@ class MultiModalSequentialDataset(SequentialDataset):
     """
 
     def __init__(self, config):
-        modalities = config["modalities"] or []
-        # `--modalities=text` arrives as a string, not a list.
-        self.modalities: list[str] = [modalities] if isinstance(modalities, str) else list(modalities)
+        self.modalities: list[str] = configured_modalities(config)
         self.item_features: dict[str, torch.Tensor] = {}
         self.item_feature_masks: dict[str, torch.Tensor] = {}
         self.missing_feature_policies: dict[str, str] = {}
@@ -66,11 +70,13 @@ class MultiModalSequentialDataset(SequentialDataset):
         for modality in self.modalities:
             self._attach_modality(modality, raw_item_tokens)
 
-    def _modality_paths(self, modality: str) -> tuple[str, str]:
-        files = self.config["modality_files"] or {}
+    @staticmethod
+    def modality_paths(config, modality: str) -> tuple[str, str]:
+        """``modality``'s feature matrix and token file under ``config``."""
+        files = config["modality_files"] or {}
         entry = files.get(modality)
         if entry is None:
-            features = os.path.join(self.dataset_path, f"{self.dataset_name}.{modality}.npy")
+            features = os.path.join(config["data_path"], f"{config['dataset']}.{modality}.npy")
             return features, tokens_path_for(features)
         if isinstance(entry, str):
             return entry, tokens_path_for(entry)
@@ -80,6 +86,12 @@ class MultiModalSequentialDataset(SequentialDataset):
             f"modality_files[{modality!r}]: expected a path to a .npy file or a dict with keys "
             f"'features' and optionally 'tokens', found {entry!r}"
         )
+
+    @classmethod
+    def feature_files(cls, config) -> list[str]:
+        """Every feature and token file the dataset reads under ``config``: a saved dataset is
+        reused only while they are unchanged (see :mod:`recbole_mmm4rec.saved_data`)."""
+        return [path for modality in configured_modalities(config) for path in cls.modality_paths(config, modality)]
 
     def _aligned_path(self, modality: str, features_path: str, policy: str) -> str:
         """The aligned table's file: named by everything it depends on (the feature file, the
@@ -108,7 +120,7 @@ class MultiModalSequentialDataset(SequentialDataset):
         return setting == "ignore"
 
     def _attach_modality(self, modality: str, raw_item_tokens: set[str]) -> None:
-        features_path, tokens_path = self._modality_paths(modality)
+        features_path, tokens_path = self.modality_paths(self.config, modality)
         expected_dim = (self.config["modality_dims"] or {}).get(modality)
         tokens, matrix = read_item_features(features_path, tokens_path, expected_dim)
         policy = self._missing_policy(modality)
