@@ -59,6 +59,7 @@ def _cut(rows, sizes):
 
 
 def _count_steps(trainer) -> list[int]:
+    """A list that grows by one at each step of ``trainer``'s optimiser."""
     steps = []
     step = trainer.optimizer.step
     trainer.optimizer.step = lambda *args, **kwargs: (steps.append(1), step(*args, **kwargs))[1]
@@ -179,3 +180,97 @@ def test_accumulation_steps_defaults_and_command_line(subset_data_path, tmp_path
         cmd_args=["--accumulation_steps=8"],
     )
     assert accumulation_steps(config) == 8
+
+
+def _group_names(trainer, model) -> list[tuple[float, set[str]]]:
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [(group["weight_decay"], {names[id(p)] for p in group["params"]}) for group in trainer.optimizer.param_groups]
+
+
+def test_the_rule_reads_names_shapes_and_marks():
+    cases = {
+        "mixer.A_log": ((4, 8), True),  # Mamba-1's A_log is a matrix
+        "mixer.D": ((4, 2), True),
+        "path.conv_biases": ((2, 4), True),  # a stack of biases
+        "encoder.LayerNorm.weight": ((2, 4), True),  # a norm over two dimensions
+        "block.norm_weight": ((2, 4), True),
+        "linear.bias": ((4,), True),
+        "gain": ((), True),
+        "linear.weight": ((4, 4), False),
+        "item_bias.weight": ((9, 4), False),  # an embedding table in a module named *bias: decays
+        "mixer.Dense": ((4, 4), False),
+    }
+    for name, (shape, exempt) in cases.items():
+        assert exempt_from_weight_decay(name, torch.nn.Parameter(torch.ones(shape))) == exempt, name
+    marked = torch.nn.Parameter(torch.ones(3, 3))
+    marked._no_weight_decay = True  # mamba-ssm's convention
+    assert exempt_from_weight_decay("anything.weight", marked)
+
+
+@pytest.mark.parametrize("learner", ["adam", "adamw", "sgd", "rmsprop", "adagrad", "nadam"])
+def test_sasrec_decays_matrices_and_tables_only(sasrec, learner):
+    linear = ["multi_head_attention.query", "multi_head_attention.key", "multi_head_attention.value",
+              "multi_head_attention.dense", "feed_forward.dense_1", "feed_forward.dense_2"]
+    norms = ["multi_head_attention.LayerNorm", "feed_forward.LayerNorm"]
+    layers = range(sasrec[0]["n_layers"])
+    decayed = {"item_embedding.weight", "position_embedding.weight"} | {f"trm_encoder.layer.{i}.{m}.weight" for i in layers for m in linear}
+    exempt = (
+        {"LayerNorm.weight", "LayerNorm.bias"}
+        | {f"trm_encoder.layer.{i}.{m}.bias" for i in layers for m in linear}
+        | {f"trm_encoder.layer.{i}.{m}.{w}" for i in layers for m in norms for w in ("weight", "bias")}
+    )
+    model = _model(sasrec)
+    trainer = _trainer(sasrec, model, learner=learner, weight_decay=5e-3, weight_decay_exempt=True)
+    assert type(trainer.optimizer).__name__.lower() == {"nadam": "nadam"}.get(learner, learner)
+    assert _group_names(trainer, model) == [(5e-3, decayed), (0.0, exempt)]
+
+    everything = {name for name, _ in model.named_parameters()}
+    assert everything == decayed | exempt
+    trainer = _trainer(sasrec, model, learner=learner, weight_decay=5e-3, weight_decay_exempt=False)
+    assert _group_names(trainer, model) == [(5e-3, everything)]
+    trainer = _trainer(sasrec, model, learner=learner, weight_decay=0.0, weight_decay_exempt=True)
+    assert _group_names(trainer, model) == [(0.0, everything)]  # nothing decays: one group
+    # Parameters a trainer passes itself (RecVAETrainer builds one optimiser per half) are split too.
+    with config_overrides(sasrec[0], weight_decay_exempt=True):
+        encoder = trainer._build_optimizer(params=model.trm_encoder.parameters(), weight_decay=5e-3)
+    assert [len(group["params"]) for group in encoder.param_groups] == [len(decayed) - 2, len(exempt) - 2]
+
+
+def test_mmm4rec_exempts_norms_biases_and_mamba_parameters(mmm4rec):
+    model = _model(mmm4rec)
+    trainer = _trainer(mmm4rec, model, weight_decay=5e-3, weight_decay_exempt=True)
+    assert isinstance(trainer.optimizer, torch.optim.NAdam)
+    (decay, decayed), (no_decay, exempt) = _group_names(trainer, model)
+    assert (decay, no_decay) == (5e-3, 0.0)
+    assert decayed | exempt == {name for name, _ in model.named_parameters()} and not decayed & exempt
+    # Named by what the parameters are, so that the test holds while the model's layout changes.
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        if isinstance(module, torch.nn.LayerNorm):
+            assert {f"{prefix}weight", f"{prefix}bias"} <= exempt, module_name
+        elif isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            assert f"{prefix}weight" in decayed, module_name
+            assert getattr(module, "bias", None) is None or f"{prefix}bias" in exempt, module_name
+    leaves = {name: name.rsplit(".", 1)[-1] for name in decayed | exempt}
+    for leaf in ("A_log", "dt_bias", "D", "norm_weight", "conv_bias"):
+        assert {name for name, last in leaves.items() if last == leaf} <= exempt and leaf in leaves.values(), leaf
+    assert all(p.ndim >= 2 for name, p in model.named_parameters() if name in decayed)
+    assert "primary_layers.0.ssd.in_proj.weight" in decayed and "adapters.text.item_bias.weight" in decayed
+
+
+def test_mmm4rec_stages_train_with_the_papers_batches_and_decay(subset_data_path):
+    """properties/pretrain and properties/finetune: 8 micro-batches of 1,024 per NAdam step, weight
+    decay 5e-3; UniSRec keeps its own protocol (one step per batch); from scratch, RecBole's."""
+    where = {"data_path": subset_data_path}
+    stages = {
+        "pretrain": pretrain_config("MMM4Rec", [SUBSET_NAME], config_dict=where),
+        "finetune": PluginConfig("MMM4Rec", SUBSET_NAME, config_dict={**where, "pretrained": "checkpoint.pth"}),
+    }
+    for stage, config in stages.items():
+        assert config.stage_file.endswith(f"{stage}/MMM4Rec.yaml")
+        settings = {key: config[key] for key in ("train_batch_size", "accumulation_steps", "weight_decay", "weight_decay_exempt", "learner")}
+        assert settings == {"train_batch_size": 1024, "accumulation_steps": 8, "weight_decay": 5e-3, "weight_decay_exempt": True, "learner": "nadam"}, stage
+    unisrec = pretrain_config("UniSRec", [SUBSET_NAME], config_dict=where)
+    scratch = PluginConfig("MMM4Rec", SUBSET_NAME, config_dict=where)
+    for config in (unisrec, scratch):
+        assert config["accumulation_steps"] == 1 and config["weight_decay_exempt"] is False
