@@ -138,9 +138,10 @@ def exempt_from_weight_decay(name: str, parameter: torch.nn.Parameter) -> bool:
     per-head or per-channel gains and scalars); whatever its shape, a parameter named
     ``A_log``, ``dt_bias`` or ``D`` (Mamba-2's), marked ``_no_weight_decay`` (mamba-ssm's
     convention), named ``*bias`` / ``*biases``, or a norm's weight (``*norm.weight``,
-    ``*norm_weight``). Decay pulls these towards zero, where they are no smaller model but a
-    different one (zero gains, no skip, a state that never decays); matrices and embedding tables
-    decay. The rule reads names, shapes and attributes only, so it holds for any model.
+    ``*norm_weight``). Pulling these towards zero does not make a simpler model, only another one
+    (norm gains and skips towards zero, every head's state decay rate ``exp(A_log)`` towards 1);
+    matrices and embedding tables decay. The rule reads names, shapes and attributes only, so it
+    holds for any model.
     """
     leaf = name.rsplit(".", 1)[-1]
     return (
