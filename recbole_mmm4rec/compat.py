@@ -424,20 +424,27 @@ _COMPATIBLE_TRAINERS: dict[type, type] = {}
 
 
 def compatible_trainer(trainer_class: type) -> type:
-    """``trainer_class`` with checkpoint reloads that work under torch >= 2.6, NAdam, and
-    distributed training on CPU.
+    """``trainer_class`` with checkpoint reloads that work under torch >= 2.6, NAdam, distributed
+    training on CPU, and :mod:`recbole_mmm4rec.training`'s ``accumulation_steps`` and
+    ``weight_decay_exempt``.
 
     Trainers outside RecBole's ``Trainer`` hierarchy (decision trees, traditional models) do not
     reload torch checkpoints and are returned unchanged.
     """
     from recbole.trainer import Trainer
 
+    from recbole_mmm4rec.training import AccumulatingTrainer, WeightDecayExemptionMixin
+
     if not issubclass(trainer_class, Trainer):
         return trainer_class
     if trainer_class not in _COMPATIBLE_TRAINERS:
+        # AccumulatingTrainer, a Trainer subclass listed after trainer_class, lands directly above
+        # RecBole's Trainer in the MRO: the super()._train_epoch calls of RecBole's subclasses reach it.
+        # The exemption comes before NAdam, which reads the parameter groups it builds.
+        trainers = (AccumulatingTrainer,) if trainer_class is Trainer else (trainer_class, AccumulatingTrainer)
         _COMPATIBLE_TRAINERS[trainer_class] = type(
             trainer_class.__name__,
-            (_CheckpointReloadMixin, _ExtraLearnersMixin, _AnyDeviceDistributedMixin, trainer_class),
+            (_CheckpointReloadMixin, WeightDecayExemptionMixin, _ExtraLearnersMixin, _AnyDeviceDistributedMixin, *trainers),
             {},
         )
     return _COMPATIBLE_TRAINERS[trainer_class]

@@ -1,6 +1,7 @@
 """Shared fixtures: the real ml-100k-mm, built once, and a small real subset of it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
@@ -91,19 +92,27 @@ def prepare(config) -> tuple:
     return config, dataset, train_data
 
 
-def model_with_overrides(model_class: type, prepared: tuple, seed: int = 0, **overrides):
-    """A fresh seeded ``model_class`` on ``prepared``'s dataset, with config keys overridden for
-    this model only (``prepared`` as returned by :func:`prepare`)."""
-    config, _, train_data = prepared
+@contextlib.contextmanager
+def config_overrides(config, **overrides):
+    """``config`` with keys overridden inside the ``with`` block, restored after it (a shared,
+    module-scoped config serves one model or trainer with other settings)."""
     saved = {key: config[key] for key in overrides}
     for key, value in overrides.items():
         config[key] = value
     try:
-        torch.manual_seed(seed)
-        return model_class(config, train_data._dataset)
+        yield config
     finally:
         for key, value in saved.items():
             config[key] = value
+
+
+def model_with_overrides(model_class: type, prepared: tuple, seed: int = 0, **overrides):
+    """A fresh seeded ``model_class`` on ``prepared``'s dataset, with config keys overridden for
+    this model only (``prepared`` as returned by :func:`prepare`)."""
+    config, _, train_data = prepared
+    with config_overrides(config, **overrides):
+        torch.manual_seed(seed)
+        return model_class(config, train_data._dataset)
 
 
 def training_rows(prepared: tuple, n: int = 64):
