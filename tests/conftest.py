@@ -49,6 +49,7 @@ SMALL_MMM4REC = {
     "n_groups": 2,
     "chunk_size": 8,
     "dropout_prob": 0.0,
+    "time_dropout_prob": 0.0,
 }
 
 

@@ -255,7 +255,7 @@ def test_mmm4rec_exempts_norms_biases_and_mamba_parameters(mmm4rec):
     for leaf in ("A_log", "dt_bias", "D", "norm_weight", "conv_bias"):
         assert {name for name, last in leaves.items() if last == leaf} <= exempt and leaf in leaves.values(), leaf
     assert all(p.ndim >= 2 for name, p in model.named_parameters() if name in decayed)
-    assert "primary_layers.0.ssd.in_proj.weight" in decayed and "adapters.text.item_bias.weight" in decayed
+    assert "layers.0.primary_ssd.in_proj.weight" in decayed and "adapters.text.item_bias.weight" in decayed
 
 
 def test_mmm4rec_stages_train_with_the_papers_batches_and_decay(subset_data_path):

@@ -10,8 +10,8 @@ from recbole_mmm4rec import PluginConfig, compat, create_dataset, load_data_and_
 from recbole_mmm4rec.blocks import FourierTimeFilter, TimeAwareSSD, TimeModulation
 from recbole_mmm4rec.data.features import FeatureFileError
 from recbole_mmm4rec.model import MMM4Rec, TransferError, load_transferable
-from tests.synthetic_time import NAME as TIME_GROUPS
-from tests.synthetic_time import build_time_groups, time_groups_config
+from recbole_mmm4rec.dataset_scripts.synthetic_time import NAME as TIME_GROUPS
+from recbole_mmm4rec.dataset_scripts.synthetic_time import build_time_groups, time_groups_config
 from tests.conftest import (
     SMALL_MMM4REC,
     SUBSET_NAME,
@@ -387,7 +387,7 @@ def test_transferable_parameters_at_the_paper_sizes(tmp_path):
     768-d text and image features: about 2.0 M transferable parameters, as the paper says."""
     build_time_groups(str(tmp_path / TIME_GROUPS), users=20, feature_dim=768)
     config = PluginConfig(model="MMM4Rec", dataset=TIME_GROUPS, config_dict=time_groups_config(
-        str(tmp_path), tmp_path, hidden_size=256, head_dim=64, d_state=64, n_groups=8, inner_size=256, use_item_id=True,
+        str(tmp_path), tmp_path / "saved", hidden_size=256, head_dim=64, d_state=64, n_groups=8, inner_size=256, use_item_id=True,
         MAX_ITEM_LIST_LENGTH=20))
     _, dataset, train_data = prepare(config)
     model = MMM4Rec(config, train_data._dataset)

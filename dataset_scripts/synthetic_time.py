@@ -22,7 +22,7 @@ ITEMS_PER_GROUP = 20
 SHORT_GAP, LONG_GAP = 3600, 30 * 86400
 
 
-def build_time_groups(folder: str, users: int = 1000, events: int = 14, feature_dim: int = 64, seed: int = 0) -> None:
+def build_time_groups(folder: str, users: int = 500, events: int = 12, feature_dim: int = 64, seed: int = 0) -> None:
     """Write ``NAME``'s atomic file and two random feature modalities (text, kg) into ``folder``."""
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
@@ -46,29 +46,29 @@ def build_time_groups(folder: str, users: int = 1000, events: int = 14, feature_
         write_item_features(os.path.join(folder, f"{NAME}.{modality}.npy"), items, features)
 
 
-def time_groups_config(data_path: str, tmp_path, **overrides) -> dict:
+def time_groups_config(data_path: str, checkpoint_dir: str, **overrides) -> dict:
     """A CPU-sized MMM4Rec config for the synthetic set: leave-one-out by time, full ranking."""
     config = {
         "data_path": data_path,
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         "modalities": ["text", "kg"],
-        "MAX_ITEM_LIST_LENGTH": 10,
+        "MAX_ITEM_LIST_LENGTH": 8,
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
         "user_inter_num_interval": "[0,inf)",
         "item_inter_num_interval": "[0,inf)",
-        "train_batch_size": 256,
+        "train_batch_size": 64,
         "eval_batch_size": 4096,
-        "learning_rate": 3e-3,
+        "learning_rate": 5e-3,
         "show_progress": False,
         "use_gpu": False,
-        "checkpoint_dir": str(tmp_path / "saved"),
+        "checkpoint_dir": str(checkpoint_dir),
         "metrics": ["Hit"],
         "topk": [10],
         "valid_metric": "Hit@10",
         "use_item_id": False,
-        "hidden_size": 32,
-        "inner_size": 64,
-        "head_dim": 16,
+        "hidden_size": 16,
+        "inner_size": 32,
+        "head_dim": 8,
         "d_state": 8,
         "n_groups": 2,
         "dropout_prob": 0.1,
