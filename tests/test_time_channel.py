@@ -133,7 +133,6 @@ def test_time_path_gate_is_per_sample_channel_and_position_and_time_dropout_appl
     with torch.no_grad():
         path.gate_weight.normal_()
     gates = []
-    path.register_forward_hook(lambda *_: None)
     channel = torch.rand(2, 6, 2) * 3
     mask = torch.ones(2, 6, dtype=torch.bool)
     original_sigmoid = torch.sigmoid
