@@ -67,6 +67,12 @@ def masked_causal_conv(
 TIME_PATH_FORMS = ("residual", "paper")
 
 
+def check_time_path_form(form: str) -> None:
+    """A ValueError naming the config key unless ``form`` is one of :data:`TIME_PATH_FORMS`."""
+    if form not in TIME_PATH_FORMS:
+        raise ValueError(f"MMM4Rec: time_path_form must be one of {list(TIME_PATH_FORMS)}, found {form!r}")
+
+
 def causal_rms_norm(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Per-channel RMS normalisation over the real positions up to each position.
 
@@ -124,8 +130,7 @@ class TimeModulation(nn.Module):
         update_channel: bool = True,
     ):
         super().__init__()
-        if form not in TIME_PATH_FORMS:
-            raise ValueError(f"MMM4Rec: time_path_form must be one of {list(TIME_PATH_FORMS)}, found {form!r}")
+        check_time_path_form(form)
         self.form, self.norm_eps = form, norm_eps
         # The paper initialises its Linear(L, L) mixers N(0, 0.02); with a Tanhshrink after them
         # the scale starts flat. The residual form keeps nn.Linear(L, L)'s range.
@@ -202,8 +207,7 @@ class FourierTimeFilter(nn.Module):
 
     def __init__(self, channels: int, max_seq_length: int, form: str = "residual"):
         super().__init__()
-        if form not in TIME_PATH_FORMS:
-            raise ValueError(f"MMM4Rec: time_path_form must be one of {list(TIME_PATH_FORMS)}, found {form!r}")
+        check_time_path_form(form)
         self.window = max_seq_length
         bins = max_seq_length // 2 + 1
         self.input_weights = nn.Parameter(torch.empty(2, 2, bins, bins).normal_(0, 0.02))  # (channel, re/im, out, in)
