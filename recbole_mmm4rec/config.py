@@ -150,8 +150,17 @@ def parse_cmd_args(cmd_args: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     return convert_values(values), unrecognized
 
 
+# Options added after runs were named, at the value that computes what the runs did before they
+# existed (RecBole's own loop): left out of the names, so that adding an option keeps old runs.
+NEUTRAL_SETTINGS = {"accumulation_steps": 1, "weight_decay_exempt": False}
+
+
 def settings_hash(config: Config, ignored_keys: Collection[str], length: int = 6) -> str:
     """Hex digits naming what a run computes: its final settings but ``ignored_keys`` (where
-    files go, progress display, ...), so that equal settings always give the same name."""
-    settings = {k: v for k, v in config.final_config_dict.items() if k not in ignored_keys}
+    files go, progress display, ...) and options at their ``NEUTRAL_SETTINGS`` value, so that
+    equal settings always give the same name."""
+    settings = {
+        k: v for k, v in config.final_config_dict.items()
+        if k not in ignored_keys and not (k in NEUTRAL_SETTINGS and v == NEUTRAL_SETTINGS[k])
+    }
     return hashlib.md5(repr(sorted(settings.items(), key=lambda kv: kv[0])).encode()).hexdigest()[:length]

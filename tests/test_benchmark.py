@@ -34,7 +34,7 @@ from recbole_mmm4rec.benchmark import (
     run_benchmark,
     summarize,
 )
-from recbole_mmm4rec.config import plain_value
+from recbole_mmm4rec.config import NEUTRAL_SETTINGS, plain_value, settings_hash
 
 
 def test_models_parse_into_variants_with_command_line_values():
@@ -301,6 +301,17 @@ def test_cli_reports_bad_arguments(tmp_path):
 
     with pytest.raises(SystemExit, match="run_benchmark: --models: unclosed"):
         run_benchmark_main(["--dataset=ml-100k-mm", "--models=MMM4Rec[x=1", f"--output={tmp_path}"])
+
+
+def test_an_option_at_its_neutral_value_leaves_a_run_s_name_unchanged():
+    class Settings:
+        def __init__(self, **values):
+            self.final_config_dict = {"model": "SASRec", "learning_rate": 1e-3, **values}
+
+    before_the_options_existed = settings_hash(Settings(), ())
+    assert settings_hash(Settings(**NEUTRAL_SETTINGS), ()) == before_the_options_existed
+    assert settings_hash(Settings(accumulation_steps=8), ()) != before_the_options_existed
+    assert settings_hash(Settings(weight_decay_exempt=True), ()) != before_the_options_existed
 
 
 def test_plain_value_makes_results_json_and_yaml_safe():
