@@ -20,6 +20,7 @@ from recbole_mmm4rec.dataset_scripts.amazon_common import (
     main,
     parse_rating,
     parse_time,
+    recbole_token,
 )
 from recbole_mmm4rec.dataset_scripts.raw_files import MalformedLine
 
@@ -34,7 +35,12 @@ def parse_rating_line(line: str) -> RawInteraction:
     item, user, rating, timestamp = (field.strip() for field in fields)
     if not item or not user:
         raise MalformedLine("empty item or user")
-    return RawInteraction(user=user, item=item, rating=parse_rating(rating), time=parse_time(timestamp))
+    return RawInteraction(
+        user=recbole_token(user, "user"),
+        item=recbole_token(item, "item"),
+        rating=parse_rating(rating),
+        time=parse_time(timestamp),
+    )
 
 
 def first_image_url(record: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from recbole_mmm4rec.dataset_scripts.amazon_common import (
     main,
     parse_rating,
     parse_time,
+    recbole_token,
 )
 from recbole_mmm4rec.dataset_scripts.raw_files import MalformedLine, json_object, required_text
 
@@ -36,8 +37,8 @@ def parse_review_line(line: str) -> RawInteraction:
     if "timestamp" not in record:
         raise MalformedLine("missing field 'timestamp'")
     return RawInteraction(
-        user=required_text(record, "user_id"),
-        item=required_text(record, "parent_asin"),
+        user=recbole_token(required_text(record, "user_id"), "user_id"),
+        item=recbole_token(required_text(record, "parent_asin"), "parent_asin"),
         rating=parse_rating(record.get("rating")),
         time=parse_time(record["timestamp"]),
     )

@@ -11,7 +11,8 @@ metadata record; everything else is here, identical for both:
 4. iterative k-core: drop users and items with fewer than k interactions until none is left;
 5. order each user's interactions by time, ties in the order of the raw file (RecBole's own
    sort is stable, so it keeps this order), users by token;
-6. write ``NAME.inter``, ``NAME.item`` and ``NAME.stats.json`` atomically.
+6. write ``NAME.inter``, ``NAME.item`` and ``NAME.stats.json`` into a staging folder, then
+   move them into place, the stats last (see :func:`build_dataset`).
 """
 from __future__ import annotations
 
@@ -21,12 +22,17 @@ import json
 import math
 import os
 import re
+import shutil
+import signal
+import sys
+import tempfile
 from array import array
 from dataclasses import astuple, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from pandas._libs.parsers import STR_NA_VALUES
 
 from recbole_mmm4rec.data.features import atomic_write
 from recbole_mmm4rec.dataset_scripts.atomic_files import write_atomic_file
@@ -48,6 +54,8 @@ ITEM_HEADER = [
     "features:token_seq",
     "image_url:token",
 ]
+OUTPUT_SUFFIXES = (".inter", ".item", ".stats.json")  # moved into place in this order
+STAGING_INFIX = ".staging-"
 CATEGORY_SEPARATOR = " > "  # Amazon categories are a path from the top of the tree
 
 
@@ -85,10 +93,54 @@ class AmazonRelease:
     time_units_per_second: int
 
 
-_SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 # A tag starts with a letter after "<" or "</", so text such as "size < 5 and > 3" survives.
-_TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][^<>]*>", re.DOTALL)
+_TAG = re.compile(r"</?[A-Za-z][^<>]*>")
+_SCRIPT_OR_STYLE_OPEN = re.compile(r"<(script|style)\b", re.IGNORECASE)
+_BLOCK_ENDS = {
+    "<!--": re.compile(r"-->"),
+    "script": re.compile(r"</script\s*>", re.IGNORECASE),
+    "style": re.compile(r"</style\s*>", re.IGNORECASE),
+}
 _WHITESPACE = re.compile(r"\s+")
+
+
+class _NextMatch:
+    """The next match of ``pattern`` at or after a position that only moves forward, searched
+    again only once the position has passed it: over a whole text, each pattern scans it once.
+    (A regular expression such as ``<!--.*?-->`` scans to the end from every unclosed ``<!--``:
+    quadratic in hostile markup.)"""
+
+    def __init__(self, pattern: re.Pattern, text: str) -> None:
+        self.pattern, self.text = pattern, text
+        self.match: re.Match | None = None
+        self.searched_from = -1
+
+    def at_or_after(self, position: int) -> re.Match | None:
+        stale = self.match is not None and self.match.start() < position
+        if self.searched_from < 0 or stale:
+            self.match = self.pattern.search(self.text, position)
+            self.searched_from = position
+        return self.match
+
+
+def _strip_markup(text: str) -> str:
+    """``text`` with comments, script and style blocks and tags replaced by spaces, in one pass."""
+    ends = {opening: _NextMatch(pattern, text) for opening, pattern in _BLOCK_ENDS.items()}
+    parts, position = [], 0
+    while (start := text.find("<", position)) >= 0:
+        parts.append(text[position:start])
+        block = _SCRIPT_OR_STYLE_OPEN.match(text, start)
+        opening = "<!--" if text.startswith("<!--", start) else block and block.group(1).lower()
+        end = ends[opening].at_or_after(block.end() if block else start + 4) if opening else None
+        markup = end or _TAG.match(text, start)
+        if markup is None:  # a "<" that opens nothing is text
+            parts.append("<")
+            position = start + 1
+        else:
+            parts.append(" ")
+            position = markup.end()
+    parts.append(text[position:])
+    return "".join(parts)
 
 
 def clean_text(value: Any) -> str:
@@ -97,13 +149,13 @@ def clean_text(value: Any) -> str:
     Lists (Amazon's descriptions and features) are joined with spaces; missing values are "".
     Entities are decoded before and after removing tags: escaped markup (``&lt;b&gt;``) is
     removed too, and the doubly escaped ``&amp;amp;`` common in these dumps becomes ``&``.
+    Linear in the length of the text, whatever the markup (unclosed comments, scripts, ...).
     """
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
         return " ".join(part for part in (clean_text(v) for v in value) if part)
-    text = html.unescape(str(value))
-    text = _TAG.sub(" ", _SCRIPT_OR_STYLE.sub(" ", text))
+    text = _strip_markup(html.unescape(str(value)))
     return _WHITESPACE.sub(" ", html.unescape(text)).strip()
 
 
@@ -137,6 +189,15 @@ def item_text(release: AmazonRelease, record: dict[str, Any]) -> ItemText:
     )
 
 
+def recbole_token(value: str, field: str) -> str:
+    """``value`` as a user or item token, unless RecBole's reader (pandas) would read it as
+    missing (``NA``, ``null``, ``None``, ``nan``, ...) and drop its interactions: skipped here,
+    so the stats count what RecBole will read."""
+    if value in STR_NA_VALUES:
+        raise MalformedLine(f"{field} {value!r} reads as a missing value in RecBole (pandas)")
+    return value
+
+
 def parse_rating(value: Any) -> float:
     try:
         rating = float(value)
@@ -147,26 +208,37 @@ def parse_rating(value: Any) -> float:
     return rating
 
 
+# Raw times must be exact in the float64 ``timestamp:float`` column RecBole reads.
+MAX_ABS_TIME = 2**53
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: int() also takes "١٢٣" and "１２３"
+
+
 def parse_time(value: Any) -> int:
-    """A Unix time as an integer: an int, an integral float, or a string of digits."""
-    if isinstance(value, bool):
-        raise MalformedLine(f"timestamp {value!r} is not an integer")
+    """A Unix time as an integer: an int, an integral float, or a string of ASCII digits (with
+    an optional minus sign), of at most ``MAX_ABS_TIME`` in absolute value."""
+    out_of_range = MalformedLine(f"timestamp {value!r} is out of range (at most 2**53 in absolute value)")
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    raise MalformedLine(f"timestamp {value!r} is not an integer")
+        value = int(value)
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        digits = value.strip().lstrip("-").lstrip("0")
+        if len(digits) > len(str(MAX_ABS_TIME)):  # int() of a huge string is slow, then refused
+            raise out_of_range
+        value = int(value.strip())
+    if type(value) is not int:  # bool is an int subclass
+        raise MalformedLine(f"timestamp {value!r} is not an integer")
+    if abs(value) > MAX_ABS_TIME:
+        raise out_of_range
+    return value
 
 
 def format_time(value: int, units_per_second: int) -> str:
-    """Seconds as exact decimal text: 1588687728923 ms -> "1588687728.923"."""
+    """Seconds as exact decimal text: 1588687728923 ms -> "1588687728.923", -1500 ms -> "-1.5"."""
     if units_per_second == 1:
         return str(value)
-    seconds, fraction = divmod(value, units_per_second)
+    seconds, fraction = divmod(abs(value), units_per_second)
     digits = len(str(units_per_second)) - 1
-    return f"{seconds}.{fraction:0{digits}d}".rstrip("0").rstrip(".")
+    text = f"{seconds}.{fraction:0{digits}d}".rstrip("0").rstrip(".")
+    return f"-{text}" if value < 0 else text
 
 
 class InteractionLog:
@@ -224,17 +296,19 @@ def read_item_texts(
     seen: set[str] = set()
     texts: dict[str, ItemText] = {}
 
-    def parse(line: str) -> tuple[str, dict[str, Any]]:
+    def parse(line: str) -> tuple[str, ItemText | None]:
         record = json_object(line)
-        return required_text(record, release.meta_item_key), record
+        token = required_text(record, release.meta_item_key)
+        # Cleaned inside the line's parse: a record whose values break cleaning is a skipped line.
+        return token, item_text(release, record) if token in wanted and token not in seen else None
 
-    for token, record in parsed_lines(path, parse, report):
+    for token, text in parsed_lines(path, parse, report):
         if token in seen:
             report.duplicates += 1
             continue
         seen.add(token)
-        if token in wanted:
-            texts[token] = item_text(release, record)
+        if text is not None:
+            texts[token] = text
     report.items = len(seen)
     return texts
 
@@ -290,7 +364,14 @@ def build_dataset(
     out_dir: str,
     kcore: int = 5,
 ) -> dict[str, Any]:
-    """Write ``NAME.inter``, ``NAME.item`` and ``NAME.stats.json`` into ``out_dir``; returns the stats."""
+    """Write ``NAME.inter``, ``NAME.item`` and ``NAME.stats.json`` into ``out_dir``; returns the stats.
+
+    The three files are written into a staging folder inside ``out_dir`` and then moved into
+    place, ``NAME.stats.json`` last and only after the old one was removed: whenever
+    ``NAME.stats.json`` exists, the ``.inter`` and ``.item`` beside it are of its run. A run
+    killed before that leaves its staging folder, which the next run removes.
+    """
+    remove_stale_outputs(out_dir, name)
     interaction_report = LineReport(interactions_path)
     log = read_interactions(interactions_path, release, interaction_report)
     meta_report = MetadataReport(meta_path)
@@ -299,8 +380,30 @@ def build_dataset(
     has_metadata = np.fromiter((t in texts for t in log.item_tokens), dtype=bool, count=len(log.item_tokens))
     keep, dropped = filter_interactions(log, has_metadata, kcore)
     rows = chronological_rows(log, keep)
-    users, items, ratings, times = log.arrays()
 
+    os.makedirs(out_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=out_dir, prefix=f".{name}{STAGING_INFIX}")
+    try:
+        stats = _write_outputs(staging, name, release, kcore, log, rows, texts, dropped, interaction_report, meta_report)
+        publish_outputs(staging, out_dir, [f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return stats
+
+
+def _write_outputs(
+    out_dir: str,
+    name: str,
+    release: AmazonRelease,
+    kcore: int,
+    log: InteractionLog,
+    rows: np.ndarray,
+    texts: dict[str, ItemText],
+    dropped: dict[str, int],
+    interaction_report: LineReport,
+    meta_report: MetadataReport,
+) -> dict[str, Any]:
+    users, items, ratings, times = log.arrays()
     inter_rows = (
         (log.user_tokens[user], log.item_tokens[item], repr(rating), format_time(time, release.time_units_per_second))
         # Python scalars: indexing numpy arrays row by row is several times slower
@@ -329,13 +432,38 @@ def build_dataset(
         "meta_items": meta_report.items,
         "dropped_meta_lines": {"malformed": meta_report.malformed, "duplicate_item": meta_report.duplicates},
         "malformed_examples": {
-            os.path.basename(interactions_path): interaction_report.examples,
-            os.path.basename(meta_path): meta_report.examples,
+            os.path.basename(interaction_report.path): interaction_report.examples,
+            os.path.basename(meta_report.path): meta_report.examples,
         },
     }
     text = (json.dumps(stats, indent=2) + "\n").encode("utf-8")
     atomic_write(os.path.join(out_dir, f"{name}.stats.json"), lambda f: f.write(text))
     return stats
+
+
+def remove_stale_outputs(out_dir: str, name: str) -> None:
+    """Remove what a killed run of ``name`` left in ``out_dir``: its staging folders and the
+    temporary files of earlier versions of this script, which wrote beside the outputs."""
+    for entry in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
+        path = os.path.join(out_dir, entry)
+        if entry.startswith(f".{name}{STAGING_INFIX}") and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif entry.startswith(".tmp-") and entry.endswith(tuple(f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES)):
+            os.unlink(path)
+
+
+def publish_outputs(staging: str, out_dir: str, files: Sequence[str]) -> None:
+    """Move ``files`` from ``staging`` into ``out_dir``; the last one (the stats, which say the
+    set is complete) is removed first and moved last, so it never sits beside a mixed set."""
+    last = os.path.join(out_dir, files[-1])
+    if os.path.exists(last):
+        os.unlink(last)
+    for file in files:
+        os.replace(os.path.join(staging, file), os.path.join(out_dir, file))
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    sys.exit(128 + signum)  # SystemExit runs the finally blocks that remove the staging folder
 
 
 def main(release: AmazonRelease, description: str, argv: Sequence[str] | None = None) -> None:
@@ -347,6 +475,7 @@ def main(release: AmazonRelease, description: str, argv: Sequence[str] | None = 
     parser.add_argument("--out", required=True, help="dataset folder to write (created if missing)")
     parser.add_argument("--kcore", type=int, default=5, help="minimum interactions per user and per item")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     stats = build_dataset(
         release, getattr(args, release.interactions_option), args.meta, args.name, args.out, args.kcore
     )

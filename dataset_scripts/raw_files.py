@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, TypeVar
 T = TypeVar("T")
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_EXAMPLES = 10
+MAX_REASON_CHARS = 200  # a reason quotes the bad value, which may be huge
 
 
 class MalformedLine(ValueError):
@@ -35,7 +36,8 @@ class LineReport:
     def record_malformed(self, line_number: int, reason: str) -> None:
         self.malformed += 1
         if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append({"line": line_number, "reason": reason})
+            shown = reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS] + "..."
+            self.examples.append({"line": line_number, "reason": shown})
 
 
 def _open_binary(path: str):
@@ -45,8 +47,9 @@ def _open_binary(path: str):
 
 
 def parsed_lines(path: str, parse: Callable[[str], T], report: LineReport) -> Iterator[T]:
-    """``parse(line)`` for every non-blank line of ``path``; lines for which it raises
-    :class:`MalformedLine` (or that are not UTF-8) are counted in ``report`` and skipped.
+    """``parse(line)`` for every non-blank line of ``path``; lines for which it raises (a
+    :class:`MalformedLine`, or any other error: a value of an unexpected type, JSON nested too
+    deeply, text that is not UTF-8) are counted in ``report`` with the reason and skipped.
 
     A gzip file that ends early (an interrupted download) is an error: reading it on would
     silently build a dataset from part of the data.
@@ -64,6 +67,8 @@ def parsed_lines(path: str, parse: Callable[[str], T], report: LineReport) -> It
                     report.record_malformed(line_number, f"not UTF-8 ({error.reason} at byte {error.start})")
                 except MalformedLine as error:
                     report.record_malformed(line_number, str(error))
+                except Exception as error:  # one odd line of millions must not end the run
+                    report.record_malformed(line_number, f"{type(error).__name__}: {error}")
         except (EOFError, zlib.error, gzip.BadGzipFile) as error:
             raise ValueError(
                 f"{path}: the compressed file is cut or damaged after line {line_number} ({error}); "
