@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 compat.import_recbole_models()
 compat.register_dataset_arguments(DATASET_KEYS)
 compat.keep_exact_time()
+compat.check_atomic_files()
 compat.route_saved_dataloaders()
 
 __all__ = [

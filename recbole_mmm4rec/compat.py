@@ -141,6 +141,46 @@ def keep_exact_time() -> None:
     SequentialDataset._dataframe_to_interaction = _dataframe_to_interaction
 
 
+def check_atomic_files() -> None:
+    """Make every RecBole dataset class check its atomic files as it reads them and refuse a
+    dataset without a training sample (:mod:`recbole_mmm4rec.data.atomic_checks`): RecBole
+    otherwise fills a blank timestamp with the mean, reads a row with extra fields shifted, turns
+    floats beyond float32 into inf, and fails without naming the file on an empty one."""
+    from recbole.data.dataset import Dataset, SequentialDataset
+    from recbole.utils import FeatureSource, FeatureType
+
+    from recbole_mmm4rec.data import atomic_checks
+
+    load_feat, build = Dataset._load_feat, Dataset.build
+
+    def _load_feat(self, filepath, source):
+        atomic_checks.check_header_and_rows(filepath, self.config["field_separator"], self.config["encoding"])
+        frame = load_feat(self, filepath, source)
+        if source == FeatureSource.INTERACTION:
+            required = {"USER_ID_FIELD": self.uid_field, "ITEM_ID_FIELD": self.iid_field}
+            if isinstance(self, SequentialDataset):  # sequences are ordered by time
+                required["TIME_FIELD"] = self.time_field
+            atomic_checks.check_interaction_columns(filepath, frame, required)
+        if frame is not None:
+            floats = [f for f in frame if self.field2type.get(f) in (FeatureType.FLOAT, FeatureType.FLOAT_SEQ)]
+            exact_time = isinstance(self, SequentialDataset) and self.time_field not in (self.config["numerical_features"] or [])
+            atomic_checks.check_loaded_feature(
+                filepath, frame, floats, [self.time_field] if exact_time else [],
+                self.time_field if source == FeatureSource.INTERACTION else None,
+            )
+        return frame
+
+    def _build(self):
+        # Interactions per user before SequentialDataset.build turns them into samples.
+        per_user = numpy.bincount(numpy.asarray(self.inter_feat[self.uid_field])) if self.uid_field else None
+        splits = build(self)
+        atomic_checks.check_training_samples(self.dataset_name, splits, per_user)
+        return splits
+
+    Dataset._load_feat = _load_feat
+    Dataset.build = _build
+
+
 def register_dataset_arguments(keys: list[str]) -> None:
     """Make RecBole treat ``keys`` as dataset arguments when it validates saved datasets."""
     from recbole.utils.argument_list import dataset_arguments

@@ -2,8 +2,10 @@
 helpers around settings: command-line values, settings hashes, plain values for JSON and YAML."""
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
+import re
 from logging import getLogger
 from typing import Any, Collection, Sequence
 
@@ -11,8 +13,29 @@ import torch
 
 from recbole.config import Config
 from recbole.utils import ModelType
+from recbole.utils.argument_list import dataset_arguments, evaluation_arguments, general_arguments, training_arguments
 
 from recbole_mmm4rec import registry
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be right (a string for a number, a length of 0), or, under
+    ``strict_config: True``, a key that nothing reads."""
+
+
+# Keys RecBole 1.2.1 reads without a default in any of its YAML files (from its source), and
+# those its launchers and this package's set at run time: never misspelt keys.
+RUNTIME_KEYS = frozenset({
+    "model", "dataset", "config_files", "device", "encoding", "single_spec", "local_rank", "world_size",
+    "nproc", "offset", "ip", "port", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "valid_neg_sample_args",
+    "test_neg_sample_args", "NEG_ITEMS", "POS_ITEMS", "MASK_INDEX", "MASK_ITEM_SEQ", "CROP_ITEM_SEQ",
+    "CROP_ITEM_SEQ_LEN", "REORDER_ITEM_SEQ", "INVERSE_ITEM_SEQ", "accum", "cin", "contrast", "eta",
+    "feature_num", "has_residual", "hidden_dimension", "mf_embedding_size", "mixed", "norm", "sim",
+    "tail_ratio", "token_num_threshold", "train_rec_step", "ui_embedding_size", "use_filter",
+    "xgb_early_stopping_rounds",
+})
+# Keys that hold a count of at least 1: 0 fails deep inside RecBole (a division by zero).
+POSITIVE_INT_KEYS = ("MAX_ITEM_LIST_LENGTH", "train_batch_size", "eval_batch_size")
 
 
 class PluginConfig(Config):
@@ -52,6 +75,45 @@ class PluginConfig(Config):
             config_file_list=list(config_file_list) if config_file_list else None,
             config_dict=dict(config_dict) if config_dict else None,
         )
+        self._check_values()
+        self._check_keys()
+
+    def _where(self, key: str) -> str:
+        """Where the user set ``key``, for messages."""
+        if key in self.cmd_config_dict:
+            return f"--{key}"
+        return f"{key} (config dict)" if key in self.variable_config_dict else f"{key} (config files)"
+
+    def _check_values(self) -> None:
+        """A string where the default is a number or a bool (``--hidden_size=abc``), or a count
+        of 0, is an error naming the key; RecBole would fail later without naming it."""
+        for key, value in self.external_config_dict.items():
+            default = self.internal_config_dict.get(key)
+            if isinstance(value, str) and isinstance(default, (bool, int, float)):
+                kind = "True or False" if isinstance(default, bool) else f"a number (default {default})"
+                raise ConfigError(f"{self._where(key)}: expected {kind}, found {value!r}")
+        for key in POSITIVE_INT_KEYS:
+            value = self.final_config_dict.get(key)
+            if key in self.external_config_dict and not (type(value) is int and value >= 1):
+                raise ConfigError(f"{self._where(key)}: expected a whole number of at least 1, found {value!r}")
+
+    def _check_keys(self) -> None:
+        """Keys nothing reads (``--hiden_size=64``), with the closest known key: a warning, or an
+        error under ``strict_config: True``."""
+        known = (
+            set(self.internal_config_dict) | RUNTIME_KEYS | set(general_arguments) | set(training_arguments)
+            | set(evaluation_arguments) | set(dataset_arguments)
+        )
+        messages = []
+        for key in self.external_config_dict:
+            if key not in known:
+                closest = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                hint = f" (did you mean {closest[0]!r}?)" if closest else ""
+                messages.append(f"{self._where(key)}: not a key of RecBole, recbole-mmm4rec or {self.model}, so not used{hint}")
+        if messages and self.final_config_dict.get("strict_config"):
+            raise ConfigError("unknown config keys (strict_config: True): " + "; ".join(messages))
+        for message in messages:
+            getLogger().warning(message)
 
     def _load_cmd_line(self):
         cmd_config_dict, unrecognized = parse_cmd_args(self.cmd_args)
@@ -117,11 +179,21 @@ class PluginConfig(Config):
         return final
 
 
+_BARE_LIST = re.compile(r"\[([^\[\]'\"]*)\]")
+
+
 def convert_values(values: dict[str, str]) -> dict[str, Any]:
     """Command-line strings to values as RecBole converts them: Python literals (``3e-4``,
-    ``[10, 20]``), ``true``/``false``, else the string."""
+    ``[10, 20]``), ``true``/``false``, else the string; and a list of bare names
+    (``[text,image]``, not a Python literal) as a list of those names, converted one by one."""
     # RecBole's converter does not use its instance.
-    return Config._convert_config_dict(None, dict(values))
+    converted = Config._convert_config_dict(None, dict(values))
+    for key, value in converted.items():
+        bare = _BARE_LIST.fullmatch(value.strip()) if isinstance(value, str) else None
+        if bare:
+            names = [name.strip() for name in bare.group(1).split(",") if name.strip()]
+            converted[key] = list(Config._convert_config_dict(None, dict(enumerate(names))).values())
+    return converted
 
 
 def plain_value(value: Any) -> Any:

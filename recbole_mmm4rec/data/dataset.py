@@ -28,9 +28,11 @@ DATASET_KEYS = [
 
 
 def configured_modalities(config) -> list[str]:
-    """``modalities`` as a list (``--modalities=text`` arrives as a string)."""
+    """``modalities`` as a list (``--modalities=text`` or ``text,image`` arrives as a string)."""
     modalities = config["modalities"] or []
-    return [modalities] if isinstance(modalities, str) else list(modalities)
+    if isinstance(modalities, str):
+        return [name.strip() for name in modalities.split(",") if name.strip()]
+    return list(modalities)
 
 
 class MultiModalSequentialDataset(SequentialDataset):

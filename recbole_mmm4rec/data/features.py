@@ -154,8 +154,11 @@ def read_item_features(
             )
     try:
         matrix = np.load(features_path, mmap_mode="r", allow_pickle=False)
-    except ValueError as error:
-        raise FeatureFileError(f"{features_path}: not a plain .npy array ({error})") from error
+    except Exception as error:  # an empty or damaged header fails anywhere in numpy's parser
+        raise FeatureFileError(
+            f"{features_path}: not a readable .npy array ({type(error).__name__}: {error}); write it again "
+            "with recbole_mmm4rec.data.write_item_features or numpy.save"
+        ) from error
     if matrix.ndim != 2:
         raise FeatureFileError(
             f"{features_path}: expected a 2-D (rows, dim) array, found shape {matrix.shape}"
@@ -167,9 +170,17 @@ def read_item_features(
             f"{features_path}: expected feature dimension {expected_dim} (modality_dims), "
             f"found {matrix.shape[1]}"
         )
-    with open(tokens_path, encoding="utf-8") as f:
+    with open(tokens_path, "rb") as f:
+        raw = f.read()
+    try:
         # Split on "\n" only: str.splitlines() also splits on \x85, \u2028, ... inside tokens.
-        tokens = f.read().split("\n")
+        tokens = raw.decode("utf-8").split("\n")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise FeatureFileError(
+            f"{tokens_path}: line {line} is not UTF-8 text ({error.reason} at byte {error.start}); the "
+            ".tokens file must hold one UTF-8 item token per line"
+        ) from None
     if tokens and tokens[-1] == "":
         tokens.pop()
     if tokens and tokens[-1].strip() == "" and len(tokens) == matrix.shape[0] + 1:
@@ -265,8 +276,12 @@ def align_item_features(
             f"{_examples([id_to_token[i] for i in missing])}. Add rows for them or set "
             "missing_feature_policy to zero, mean or learned."
         )
-    if len(missing) and policy == "mean" and not has_feature.any():
-        raise FeatureFileError(f"{source}: no item has a feature row, so there is no mean to fill with")
+    if item_num > 1 and not has_feature.any():
+        # Under zero or learned every item would get the same vector: training on nothing.
+        raise FeatureFileError(
+            f"{source}: none of the dataset's {item_num - 1} items has a feature row ({len(tokens)} rows, e.g. "
+            f"tokens {_examples(tokens)}); the tokens must be item tokens of the dataset's item id field"
+        )
 
     shape = (item_num, matrix.shape[1])
     temporary = out_path and f"{out_path}.{os.getpid()}.tmp"

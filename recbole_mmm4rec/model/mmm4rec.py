@@ -170,6 +170,10 @@ class MMM4Rec(SequentialRecommender):
         return list(streams)
 
     def _check_config(self) -> None:
+        for key in ("hidden_size", "n_layers", "expand", "head_dim", "d_state", "n_groups", "conv_width", "chunk_size", "inner_size"):
+            value = getattr(self, key)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"MMM4Rec: {key} must be a whole number of at least 1, found {value!r}")
         checks = [
             ("fusion", self.fusion, FUSIONS),
             ("ce_candidates", self.ce_candidates, CE_CANDIDATES),
