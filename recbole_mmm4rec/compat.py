@@ -102,6 +102,11 @@ class UntrustedCheckpointError(pickle.UnpicklingError):
     RecBole and this package write, or cannot be read at all."""
 
 
+class DamagedFileError(UntrustedCheckpointError):
+    """A checkpoint, saved dataset or saved dataloader file that cannot be read (truncated,
+    corrupted): unlike a refused one, an intact earlier copy may take its place."""
+
+
 def import_recbole_models() -> None:
     """Import RecBole's model packages once, undoing the anomaly mode that ``sine.py`` sets."""
     anomaly_was_enabled = torch.is_anomaly_enabled()
@@ -357,7 +362,7 @@ def load_checkpoint(
     except Exception as error:
         # A damaged file fails anywhere in pickle, torch or numpy (struct.error, IndexError,
         # TypeError, ...): one error type, naming the file, for all of them.
-        raise UntrustedCheckpointError(
+        raise DamagedFileError(
             f"{path}: not a readable {kind} ({type(error).__name__}: {error}); delete it or replace it "
             "with an intact copy"
         ) from error
@@ -405,6 +410,7 @@ class _CheckpointReloadMixin:
         )
 
     def resume_checkpoint(self, resume_file):
+        """RecBole's resume, through :func:`load_checkpoint`; returns the checkpoint read."""
         resume_file = str(resume_file)
         checkpoint = load_checkpoint(resume_file, map_location=self.device, trust=trusts_files(self.config))
         if checkpoint["config"]["model"].lower() != self.config["model"].lower():
@@ -421,6 +427,7 @@ class _CheckpointReloadMixin:
         self.logger.info(
             f"Checkpoint loaded. Resume training from epoch {self.start_epoch}"
         )
+        return checkpoint
 
 
 class _ExtraLearnersMixin:

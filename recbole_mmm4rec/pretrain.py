@@ -9,16 +9,24 @@ sets the pre-training loss (MMM4Rec: in-batch cross-entropy with repeated target
 
 Checkpoints go to ``<checkpoint_dir>/<model>-<dataset>-pretrain-<settings hash>-<epochs done>.pth``
 every ``save_step`` epochs and after the last. A run with the same settings (any ``epochs``)
-resumes from the latest of them instead of starting over (``resume: False`` starts over).
+resumes from the latest of them instead of starting over (``resume: False`` starts over); a
+latest checkpoint that cannot be read (a kill while the disk wrote it, a truncated copy) is
+skipped with a warning for the one before it. Each checkpoint carries the random state (torch,
+numpy, Python, CUDA) and the shuffling generator of the training data, so that a resumed
+single-process run draws the same batches and dropout masks as an uninterrupted one: the same
+losses.
 """
 from __future__ import annotations
 
 import glob
 import os
+import random
 import re
 import time
+from logging import getLogger
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import yaml
 from recbole.data.dataloader import TrainDataLoader
@@ -98,24 +106,67 @@ def checkpoint_pattern(config: PluginConfig) -> str:
     return os.path.join(config["checkpoint_dir"], name)
 
 
-def latest_checkpoint(config: PluginConfig) -> str | None:
-    """The checkpoint of these settings with the most epochs done, if any."""
+def saved_checkpoints(config: PluginConfig) -> list[str]:
+    """The checkpoints of these settings, most epochs done first."""
     pattern = checkpoint_pattern(config)
     done = {}
     for file in glob.glob(glob.escape(pattern).replace("{}", "*")):
         match = re.fullmatch(re.escape(pattern).replace(r"\{\}", r"(\d+)"), file)
         if match:
             done[int(match.group(1))] = file
-    return done[max(done)] if done else None
+    return [done[epochs] for epochs in sorted(done, reverse=True)]
+
+
+def latest_checkpoint(config: PluginConfig) -> str | None:
+    """The checkpoint of these settings with the most epochs done, if any."""
+    return next(iter(saved_checkpoints(config)), None)
+
+
+def random_state(shuffle_generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a training epoch draws from: torch's (dropout), numpy's and Python's
+    (RecBole's samplers), CUDA's, and the generator the training data shuffles with."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "shuffle": shuffle_generator.get_state(),
+    }
+
+
+def restore_random_state(state: dict[str, Any], shuffle_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    shuffle_generator.set_state(state["shuffle"])
 
 
 class _PretrainCheckpointMixin:
-    """RecBole's trainer without validation, saving numbered checkpoints atomically."""
+    """RecBole's trainer without validation, saving numbered checkpoints atomically, with the
+    random state that lets a resumed run continue as if never interrupted."""
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.save_step = max(1, int(config["save_step"] or 1))
         self.checkpoint_pattern = checkpoint_pattern(config)
+        self.shuffle_generator: torch.Generator | None = None
+        self.resumed_random_state: dict[str, Any] | None = None
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self.shuffle_generator = train_data.generator
+        # Restored here, after everything between resuming and training that draws numbers
+        # (the model's initialisation, RecBole's setup), as the uninterrupted run stood.
+        if self.resumed_random_state is not None:
+            restore_random_state(self.resumed_random_state, self.shuffle_generator)
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def resume_checkpoint(self, resume_file):
+        checkpoint = super().resume_checkpoint(resume_file)
+        # Only rank 0 saves: in a distributed run the other ranks' states are not in the file.
+        if self.config["single_spec"]:
+            self.resumed_random_state = checkpoint.get("random_state")
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         done = epoch + 1
@@ -124,11 +175,34 @@ class _PretrainCheckpointMixin:
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
         self.saved_model_file = self.checkpoint_pattern.format(done)
-        # RecBole's own checkpoint, written to a temporary file that is renamed when complete.
-        save = super(_PretrainCheckpointMixin, self)._save_checkpoint
-        atomic_replace(self.saved_model_file, lambda temporary: save(epoch, verbose=False, saved_model_file=temporary))
+        # RecBole's checkpoint (Trainer._save_checkpoint) plus the random state, written to a
+        # temporary file that is renamed when complete.
+        state = {
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "random_state": random_state(self.shuffle_generator),
+        }
+        atomic_replace(self.saved_model_file, lambda temporary: torch.save(state, temporary, pickle_protocol=4))
         if verbose:
             self.logger.info(set_color("Saving checkpoint", "blue") + f": {self.saved_model_file}")
+
+
+def resume_from_intact(trainer, checkpoints: Sequence[str]) -> str | None:
+    """Resume ``trainer`` from the first of ``checkpoints`` that can be read; an unreadable one
+    is skipped with a warning (a refused one, which may be hostile, is still an error)."""
+    for file in checkpoints:
+        try:
+            trainer.resume_checkpoint(file)
+        except compat.DamagedFileError as error:
+            getLogger().warning(f"{error}. Resuming from the checkpoint before it instead, if any.")
+            continue
+        return file
+    return None
 
 
 def pretrain_trainer(config: PluginConfig) -> type:
@@ -186,9 +260,7 @@ def run_pretrain(
     logger.info(model)
     trainer = pretrain_trainer(config)(config, model)
     trainer.epoch_callback = epoch_callback
-    resumed_from = latest_checkpoint(config) if config["resume"] is not False else None
-    if resumed_from:
-        trainer.resume_checkpoint(resumed_from)
+    resumed_from = resume_from_intact(trainer, saved_checkpoints(config)) if config["resume"] is not False else None
     started = time.perf_counter()
     first_epoch = trainer.start_epoch
     trainer.fit(train_data, None, saved=True, show_progress=config["show_progress"])
