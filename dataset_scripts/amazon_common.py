@@ -444,11 +444,13 @@ def _write_outputs(
 def remove_stale_outputs(out_dir: str, name: str) -> None:
     """Remove what a killed run of ``name`` left in ``out_dir``: its staging folders and the
     temporary files of earlier versions of this script, which wrote beside the outputs."""
+    # atomic_replace's temporary names: ".tmp-" + mkstemp's 8 random characters + the file name
+    temporary = re.compile(r"\.tmp-[a-z0-9_]{8}" + re.escape(name) + "(" + "|".join(map(re.escape, OUTPUT_SUFFIXES)) + ")")
     for entry in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
         path = os.path.join(out_dir, entry)
         if entry.startswith(f".{name}{STAGING_INFIX}") and os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
-        elif entry.startswith(".tmp-") and entry.endswith(tuple(f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES)):
+        elif temporary.fullmatch(entry):
             os.unlink(path)
 
 

@@ -22,6 +22,18 @@ TRUST_HELP = (
 )
 
 
+def input_errors() -> tuple[type, ...]:
+    """The package's errors about the user's files and settings: each message names the file or
+    key and what to fix, so the commands print it without a traceback."""
+    from recbole_mmm4rec.compat import UntrustedCheckpointError
+    from recbole_mmm4rec.config import ConfigError
+    from recbole_mmm4rec.data.atomic_checks import AtomicFileError
+    from recbole_mmm4rec.data.features import FeatureFileError
+    from recbole_mmm4rec.model.transfer import TransferError
+
+    return ConfigError, AtomicFileError, FeatureFileError, UntrustedCheckpointError, TransferError
+
+
 def add_model_and_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--model and --config_files, as in RecBole's run_recbole.py."""
     parser.add_argument(
@@ -120,7 +132,10 @@ def run_recbole_main(argv: Sequence[str] | None = None) -> int:
 
     keep_freed_memory()
     model, dataset = model_and_dataset(args)
-    result = run_recbole(model=model, dataset=dataset, config_file_list=config_file_list(args), cmd_args=overrides)
+    try:
+        result = run_recbole(model=model, dataset=dataset, config_file_list=config_file_list(args), cmd_args=overrides)
+    except input_errors() as error:
+        raise SystemExit(f"run_recbole: {error}") from None
     model, dataset = result["model"], result["dataset"]
     for title, metrics in (("best validation", result["best_valid_result"]), ("test", result["test_result"])):
         if metrics:  # None without validation data or with eval_step=0
@@ -139,17 +154,20 @@ def run_pretrain_main(argv: Sequence[str] | None = None) -> int:
 
     keep_freed_memory()
     model = args.model or "BPR"
-    result = launch_pretrain(
-        model=model,
-        datasets=[name.strip() for name in args.datasets.split(",") if name.strip()],
-        config_file_list=config_file_list(args),
-        cmd_args=overrides,
-        nproc=args.nproc,
-        world_size=args.world_size,
-        ip=args.ip,
-        port=args.port,
-        group_offset=args.group_offset,
-    )
+    try:
+        result = launch_pretrain(
+            model=model,
+            datasets=[name.strip() for name in args.datasets.split(",") if name.strip()],
+            config_file_list=config_file_list(args),
+            cmd_args=overrides,
+            nproc=args.nproc,
+            world_size=args.world_size,
+            ip=args.ip,
+            port=args.port,
+            group_offset=args.group_offset,
+        )
+    except input_errors() as error:
+        raise SystemExit(f"run_pretrain: {error}") from None
     if result is not None:
         resumed = f", resumed from {result['resumed_from']}" if result["resumed_from"] else ""
         print(

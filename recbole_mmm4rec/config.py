@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import numbers
 import os
 import re
 from logging import getLogger
@@ -94,7 +95,8 @@ class PluginConfig(Config):
                 raise ConfigError(f"{self._where(key)}: expected {kind}, found {value!r}")
         for key in POSITIVE_INT_KEYS:
             value = self.final_config_dict.get(key)
-            if key in self.external_config_dict and not (type(value) is int and value >= 1):
+            whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            if key in self.external_config_dict and not (whole and value >= 1):
                 raise ConfigError(f"{self._where(key)}: expected a whole number of at least 1, found {value!r}")
 
     def _check_keys(self) -> None:

@@ -135,6 +135,7 @@ def random_state(shuffle_generator: torch.Generator) -> dict[str, Any]:
 
 
 def restore_random_state(state: dict[str, Any], shuffle_generator: torch.Generator) -> None:
+    """Put back the states :func:`random_state` saved (CUDA's only on a CUDA machine)."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

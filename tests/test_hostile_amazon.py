@@ -127,10 +127,10 @@ def test_a_kill_while_publishing_never_leaves_stats_beside_mixed_files(tmp_path,
     # A SIGKILL leaves the staging folder (and older versions left .tmp-* files): the next run removes them.
     (out / ".Fix.staging-killed").mkdir()
     (out / ".Fix.staging-killed" / "Fix.inter").write_text("half")
-    (out / ".tmp-abcFix.inter").write_text("half")
-    (out / ".tmp-abcOther.inter").write_text("not ours")
+    (out / ".tmp-k2x_9qzaFix.inter").write_text("half")
+    (out / ".tmp-k2x_9qzaOtherFix.inter").write_text("another dataset's")
     stats = build_dataset(AMAZON_2018, ratings, meta, "Fix", str(out), kcore=2)
-    assert sorted(os.listdir(out)) == [".tmp-abcOther.inter", "Fix.inter", "Fix.item", "Fix.stats.json"]
+    assert sorted(os.listdir(out)) == [".tmp-k2x_9qzaOtherFix.inter", "Fix.inter", "Fix.item", "Fix.stats.json"]
     assert stats["interactions"] == len(list(read_atomic_rows(str(out / "Fix.inter"))))
 
 

@@ -205,3 +205,11 @@ def test_modality_names_given_as_one_string_are_split(tmp_path):
     _dataset(tmp_path, "mods", _lines(), features=True)
     with pytest.raises(FeatureFileError, match=r"missing feature matrix \(\.npy\) file .*mods\.nope\.npy"):
         _load(tmp_path, "mods", model="MMM4Rec", cmd_args=["--modalities=text,nope"])
+
+
+def test_the_command_line_prints_the_error_without_a_traceback(tmp_path, monkeypatch):
+    from recbole_mmm4rec.cli import run_recbole_main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"^run_recbole: --hidden_size: expected a number \(default 256\), found 'abc'$"):
+        run_recbole_main(["--model=MMM4Rec", "--dataset=nowhere", "--hidden_size=abc"])

@@ -15,6 +15,7 @@ dropout and LayerNorm of the sequence input).
 """
 from __future__ import annotations
 
+import numbers
 from functools import partial
 
 import torch
@@ -172,7 +173,7 @@ class MMM4Rec(SequentialRecommender):
     def _check_config(self) -> None:
         for key in ("hidden_size", "n_layers", "expand", "head_dim", "d_state", "n_groups", "conv_width", "chunk_size", "inner_size"):
             value = getattr(self, key)
-            if type(value) is not int or value < 1:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"MMM4Rec: {key} must be a whole number of at least 1, found {value!r}")
         checks = [
             ("fusion", self.fusion, FUSIONS),
