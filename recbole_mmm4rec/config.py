@@ -3,6 +3,7 @@ helpers around settings: command-line values, settings hashes, plain values for 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import numbers
 import os
@@ -10,8 +11,9 @@ import re
 from logging import getLogger
 from typing import Any, Collection, Sequence
 
+import recbole
 import torch
-
+import yaml
 from recbole.config import Config
 from recbole.utils import ModelType
 from recbole.utils.argument_list import dataset_arguments, evaluation_arguments, general_arguments, training_arguments
@@ -37,6 +39,19 @@ RUNTIME_KEYS = frozenset({
 })
 # Keys that hold a count of at least 1: 0 fails deep inside RecBole (a division by zero).
 POSITIVE_INT_KEYS = ("MAX_ITEM_LIST_LENGTH", "train_batch_size", "eval_batch_size")
+
+
+@functools.lru_cache(maxsize=None)
+def yaml_keys(path: str) -> frozenset[str]:
+    """The top-level keys of a YAML file."""
+    with open(path, encoding="utf-8") as f:
+        return frozenset(yaml.safe_load(f) or {})
+
+
+def recbole_model_keys() -> frozenset[str]:
+    """Every key of RecBole's model YAML files."""
+    folder = os.path.join(os.path.dirname(recbole.__file__), "properties", "model")
+    return frozenset().union(*(yaml_keys(os.path.join(folder, name)) for name in sorted(os.listdir(folder)) if name.endswith(".yaml")))
 
 
 class PluginConfig(Config):
@@ -100,18 +115,21 @@ class PluginConfig(Config):
                 raise ConfigError(f"{self._where(key)}: expected a whole number of at least 1, found {value!r}")
 
     def _check_keys(self) -> None:
-        """Keys nothing reads (``--hiden_size=64``), with the closest known key: a warning, or an
-        error under ``strict_config: True``."""
+        """Keys that no model, RecBole nor this package reads (``--hiden_size=64``), with the
+        closest known key: a warning, or an error under ``strict_config: True``."""
+        # Another model's keys are no misspelling: one config file often serves several models.
+        model_files = [plugin.config_file for plugin in registry.plugin_models().values() if plugin.config_file]
         known = (
             set(self.internal_config_dict) | RUNTIME_KEYS | set(general_arguments) | set(training_arguments)
-            | set(evaluation_arguments) | set(dataset_arguments)
+            | set(evaluation_arguments) | set(dataset_arguments) | set(recbole_model_keys())
+            | {key for file in model_files for key in yaml_keys(file)}
         )
         messages = []
         for key in self.external_config_dict:
             if key not in known:
                 closest = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 hint = f" (did you mean {closest[0]!r}?)" if closest else ""
-                messages.append(f"{self._where(key)}: not a key of RecBole, recbole-mmm4rec or {self.model}, so not used{hint}")
+                messages.append(f"{self._where(key)}: no key of RecBole, recbole-mmm4rec or any model, so not used{hint}")
         if messages and self.final_config_dict.get("strict_config"):
             raise ConfigError("unknown config keys (strict_config: True): " + "; ".join(messages))
         for message in messages:

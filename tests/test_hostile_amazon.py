@@ -2,6 +2,7 @@
 exact negative times, and no mixed or stale outputs after a kill."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -59,8 +60,6 @@ def test_hostile_review_lines_are_counted_skips(tmp_path):
 def test_hostile_metadata_lines_are_counted_skips(tmp_path):
     ratings, meta = write_raw_2018(tmp_path)
     plain_meta = tmp_path / "meta.json"
-    import gzip
-
     with gzip.open(meta, "rt", encoding="utf-8") as f:
         lines = [line.rstrip("\n") for line in f]
     # Each bad record comes before the good record of its item: that one wins.
