@@ -20,9 +20,9 @@ from recbole_mmm4rec.recommend import Recommender, RecommendError, read_historie
 from tests.conftest import SMALL_MMM4REC, SUBSET_NAME, subset_config_dict
 
 # Without item IDs (a copied item must score as its original), with the time channel (timestamps
-# are required), one layer to keep the one training run short.
-SETTINGS = dict(SMALL_MMM4REC, use_item_id=False, n_layers=1)
-USERS = ["1", "2", "7"]
+# are required). One layer, histories of 8 (one SSD chunk) and the subset's 37 users with at most
+# 40 interactions (~1 k) keep the one training run to a few seconds.
+SETTINGS = dict(SMALL_MMM4REC, use_item_id=False, n_layers=1, MAX_ITEM_LIST_LENGTH=8, user_inter_num_interval="[0,40]")
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +66,13 @@ def copy_subset(subset_data_path, target) -> str:
 def test_users_equal_recboles_full_sort_topk(recommender, subset_data_path, workdir, tmp_path):
     """RecBole's full_sort_topk scores a test row: the history before each user's last item. A
     copy of the dataset with one more interaction per user makes the whole history that row's."""
+    users = [user for user in recommender.users() if len(recommender.user_history(user).items) < 40][:3]
+    assert len(users) == 3 and max(len(recommender.user_history(u).items) for u in users) > 8  # longer than the model reads
     data_path = copy_subset(subset_data_path, tmp_path)
     inter_file = os.path.join(data_path, SUBSET_NAME, f"{SUBSET_NAME}.inter")
     inter = pd.read_csv(inter_file, sep="\t", dtype=str)
     later = str(inter["timestamp:float"].astype(float).max().astype(int) + 1)
-    extra = pd.DataFrame({"user_id:token": USERS, "item_id:token": "1", "rating:float": "5", "timestamp:float": later})
+    extra = pd.DataFrame({"user_id:token": users, "item_id:token": "1", "rating:float": "5", "timestamp:float": later})
     pd.concat([inter, extra]).to_csv(inter_file, sep="\t", index=False)
     config = PluginConfig(model="MMM4Rec", dataset=SUBSET_NAME, config_dict=subset_config_dict(data_path, tmp_path, **SETTINGS))
     dataset = create_dataset(config)
@@ -78,39 +80,40 @@ def test_users_equal_recboles_full_sort_topk(recommender, subset_data_path, work
     for field in (dataset.uid_field, dataset.iid_field):  # the same internal ids: one model serves both
         assert list(dataset.field2id_token[field]) == list(recommender.dataset.field2id_token[field])
 
-    uids = dataset.token2id(dataset.uid_field, USERS)
+    uids = dataset.token2id(dataset.uid_field, users)
     scores, items = full_sort_topk(uids, recommender.model, test_data, k=10)
-    ours = recommender.recommend_users(USERS, k=10, exclude_history=False)
-    for user, (tokens, our_scores), row_items, row_scores in zip(USERS, ours, items, scores):
+    ours = recommender.recommend_users(users, k=10, exclude_history=False)
+    for user, (tokens, our_scores), row_items, row_scores in zip(users, ours, items, scores):
         assert tokens == list(dataset.id2token(dataset.iid_field, row_items)), user
         np.testing.assert_allclose(our_scores, row_scores.numpy(), rtol=1e-5)
     # Excluding the history: the next candidates, none the user interacted with.
-    excluded = recommender.recommend_users(USERS, k=10)
-    for user, (tokens, _) in zip(USERS, excluded):
+    excluded = recommender.recommend_users(users, k=10)
+    for user, (tokens, _) in zip(users, excluded):
         assert len(tokens) == 10 and not set(tokens) & set(recommender.user_history(user).items)
 
 
 def test_cli_users_jsonl_and_a_jsonl_history_equal_to_the_dataset_user(recommender, checkpoint, tmp_path, capsys):
+    users = recommender.users()[:2]
     output = tmp_path / "users.jsonl"
-    assert run_recommend_main([f"--checkpoint={checkpoint}", "--users=1,2", "--topk=5", f"--output={output}"]) == 0
+    assert run_recommend_main([f"--checkpoint={checkpoint}", f"--users={','.join(users)}", "--topk=5", f"--output={output}"]) == 0
     lines = [json.loads(line) for line in output.read_text().splitlines()]
-    assert [line["id"] for line in lines] == ["1", "2"]
-    for line, (tokens, scores) in zip(lines, recommender.recommend_users(["1", "2"], k=5)):
+    assert [line["id"] for line in lines] == users
+    for line, (tokens, scores) in zip(lines, recommender.recommend_users(users, k=5)):
         assert line["items"] == tokens and len(tokens) == 5
         np.testing.assert_allclose(line["scores"], scores, rtol=1e-5)
 
-    # User 1's history as a JSONL line (plus a token the dataset never had, skipped and counted),
-    # through the CLI into CSV: the same items and scores as the dataset user.
-    history = recommender.user_history("1")
+    # The first user's history as a JSONL line (plus a token the dataset never had, skipped and
+    # counted), through the CLI into CSV: the same items and scores as the dataset user.
+    history = recommender.user_history(users[0])
     histories = write_jsonl(tmp_path / "histories.jsonl", [
-        {"id": "copy-of-1", "items": history.items + ["no-such-item"], "timestamps": history.timestamps + [history.timestamps[-1]]},
+        {"id": "copy", "items": history.items + ["no-such-item"], "timestamps": history.timestamps + [history.timestamps[-1]]},
     ])
     output = tmp_path / "histories.csv"
     assert run_recommend_main([f"--checkpoint={checkpoint}", f"--histories={histories}", "--topk=5", f"--output={output}"]) == 0
     assert "1 unknown item tokens skipped" in capsys.readouterr().err
     with open(output, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [row["rank"] for row in rows] == ["1", "2", "3", "4", "5"] and {row["id"] for row in rows} == {"copy-of-1"}
+    assert [row["rank"] for row in rows] == ["1", "2", "3", "4", "5"] and {row["id"] for row in rows} == {"copy"}
     assert [row["item"] for row in rows] == lines[0]["items"]
     np.testing.assert_allclose([float(row["score"]) for row in rows], lines[0]["scores"], rtol=1e-5)
 
@@ -120,7 +123,7 @@ def test_cli_users_jsonl_and_a_jsonl_history_equal_to_the_dataset_user(recommend
 
 def test_bad_inputs_say_what_to_fix(recommender, checkpoint, tmp_path):
     with pytest.raises(SystemExit, match=r"user '99999' is not a user of dataset ml-100k-mm-small .* --histories"):
-        run_recommend_main([f"--checkpoint={checkpoint}", "--users=1,99999"])
+        run_recommend_main([f"--checkpoint={checkpoint}", f"--users={recommender.users()[0]},99999"])
     with pytest.raises(RecommendError, match="history 'a': empty history"):
         recommender.recommend([{"id": "a", "items": [], "timestamps": []}])
     no_times = write_jsonl(tmp_path / "no_times.jsonl", [{"id": "b", "items": ["50", "172"]}])
@@ -155,7 +158,7 @@ def test_a_new_copy_of_an_item_scores_as_the_original(recommender, checkpoint, s
         write_item_features(str(folder / f"catalogue.{modality}.npy"), ["new-172", "new-other"], np.stack([row, -row]))
     extended = Recommender.from_checkpoint(checkpoint, new_items=str(folder))
     assert extended.notes == []  # without item IDs: nothing is guessed
-    history = extended.user_history("2")
+    history = extended.user_history(extended.users()[1])
     assert original not in history.items
     everything = len(extended.item_tokens)
     (tokens, scores), = extended.recommend([history], k=everything)
@@ -194,8 +197,9 @@ def test_sasrec_recommends_like_recbole_and_refuses_new_items(recommender, subse
     """A built-in model: RecBole's scores of its test rows, given as histories; no new items."""
     from recbole.model.sequential_recommender import SASRec
 
-    config = PluginConfig(model="SASRec", dataset=SUBSET_NAME, config_dict=subset_config_dict(
-        subset_data_path, tmp_path, hidden_size=16, inner_size=32, n_layers=1, n_heads=1))
+    sizes = dict(hidden_size=16, inner_size=32, n_layers=1, n_heads=1)
+    filtered = {key: SETTINGS[key] for key in ("MAX_ITEM_LIST_LENGTH", "user_inter_num_interval")}
+    config = PluginConfig(model="SASRec", dataset=SUBSET_NAME, config_dict=subset_config_dict(subset_data_path, tmp_path, **sizes, **filtered))
     torch.manual_seed(0)
     model = SASRec(config, recommender.dataset)  # the same items, users and fields as SASRec's own dataset
     path = str(tmp_path / "sasrec.pth")
