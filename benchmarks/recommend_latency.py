@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(
         ["model", "candidate items", "ms/user, batch 1", "ms/user, batch 1,024", "first call s", "load s"], rows
     )
-    command = "python benchmarks/recommend_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/recommend_latency.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     body = (
         f"`{command.strip()}` on {machine()}, torch threads: {args.threads}.\n\n"
         f"{table}\n\n"
