@@ -361,7 +361,8 @@ class Recommender:
         if isinstance(model, MMM4Rec):
             if self._candidates is None:
                 self._candidates = model.candidate_vectors()
-            users = model._user_vectors(interaction)
+            timestamps = interaction[self.time_seq] if self.time_seq else None
+            users = model.forward(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], timestamps)
             return users @ self._candidates.T / model.temperature
         if isinstance(model, UniSRec):
             if self._candidates is None:

@@ -193,31 +193,36 @@ def test_with_item_ids_new_items_get_a_zero_id_vector_and_say_so(recommender, ch
     assert "n1" in tokens and np.isfinite(scores).all()
 
 
-def test_sasrec_recommends_like_recbole_and_refuses_new_items(recommender, subset_data_path, tmp_path):
-    """A built-in model: RecBole's scores of its test rows, given as histories; no new items."""
-    from recbole.model.sequential_recommender import SASRec
+@pytest.mark.parametrize("model_name, settings, refusal", [
+    ("SASRec", {}, "SASRec knows items by their trained ID embeddings only"),
+    ("UniSRec", {"train_stage": "transductive_ft"}, r"UniSRec adds a trained ID embedding to each item \(item_embedding"),
+])
+def test_sasrec_and_unisrec_recommend_like_recbole_and_refuse_new_items(recommender, subset_data_path, tmp_path, model_name, settings, refusal):
+    """RecBole's scores of the test rows (full_sort_predict), given as histories; no new items for
+    models with a trained vector per item."""
+    from recbole_mmm4rec.registry import get_model_class
 
-    sizes = dict(hidden_size=16, inner_size=32, n_layers=1, n_heads=1)
+    sizes = dict(hidden_size=16, inner_size=32, n_layers=1, n_heads=1, **settings)
     filtered = {key: SETTINGS[key] for key in ("MAX_ITEM_LIST_LENGTH", "user_inter_num_interval")}
-    config = PluginConfig(model="SASRec", dataset=SUBSET_NAME, config_dict=subset_config_dict(subset_data_path, tmp_path, **sizes, **filtered))
+    config = PluginConfig(model=model_name, dataset=SUBSET_NAME, config_dict=subset_config_dict(subset_data_path, tmp_path, **sizes, **filtered))
     torch.manual_seed(0)
-    model = SASRec(config, recommender.dataset)  # the same items, users and fields as SASRec's own dataset
-    path = str(tmp_path / "sasrec.pth")
+    model = get_model_class(model_name)(config, recommender.dataset)  # the same items, users and fields as its own dataset
+    path = str(tmp_path / f"{model_name}.pth")
     torch.save({"config": config, "state_dict": model.state_dict(), "other_parameter": model.other_parameter()}, path)
-    sasrec = Recommender.from_checkpoint(path)
+    loaded = Recommender.from_checkpoint(path)
     *_, test_data = load_data_and_model(path)
     test_rows = test_data._dataset.inter_feat[:5]
-    uids = test_rows[sasrec.dataset.uid_field].numpy()
-    scores, items = full_sort_topk(uids, sasrec.model, test_data, k=10)
+    uids = test_rows[loaded.dataset.uid_field].numpy()
+    scores, items = full_sort_topk(uids, loaded.model, test_data, k=10)
     histories = [
-        {"items": list(sasrec.dataset.id2token(sasrec.dataset.iid_field, row[:length]))}
+        {"items": list(loaded.dataset.id2token(loaded.dataset.iid_field, row[:length]))}
         for row, length in zip(test_rows["item_id_list"].numpy(), test_rows["item_length"].numpy())
     ]
-    for (tokens, our_scores), row_items, row_scores in zip(sasrec.recommend(histories, k=10, exclude_history=False), items, scores):
-        assert tokens == list(sasrec.dataset.id2token(sasrec.dataset.iid_field, row_items))
+    for (tokens, our_scores), row_items, row_scores in zip(loaded.recommend(histories, k=10, exclude_history=False), items, scores):
+        assert tokens == list(loaded.dataset.id2token(loaded.dataset.iid_field, row_items))
         np.testing.assert_allclose(our_scores, row_scores.numpy(), rtol=1e-5)
-    with pytest.raises(RecommendError, match="SASRec knows items by their trained ID embeddings only"):
-        sasrec.add_items(["n1"], {})
+    with pytest.raises(RecommendError, match=refusal):
+        loaded.add_items(["n1"], {})
 
 
 def test_a_checkpoint_that_does_not_fit_its_dataset_is_refused(checkpoint, subset_data_path, tmp_path):
