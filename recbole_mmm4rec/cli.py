@@ -309,6 +309,7 @@ def build_recommend_parser() -> argparse.ArgumentParser:
 
 def run_recommend_main(argv: Sequence[str] | None = None) -> int:
     args = build_recommend_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from recbole_mmm4rec.compat import UntrustedCheckpointError
     from recbole_mmm4rec.data import FeatureFileError
     from recbole_mmm4rec.recommend import (
         OUTPUT_FORMATS, Recommender, RecommendError, format_recommendations, read_histories, write_recommendations,
@@ -326,7 +327,7 @@ def run_recommend_main(argv: Sequence[str] | None = None) -> int:
         else:
             ids = recommender.users() if args.all_users else [user.strip() for user in args.users.split(",") if user.strip()]
             results = recommender.recommend_users(ids, **options)
-    except (RecommendError, FeatureFileError, FileNotFoundError) as error:
+    except (RecommendError, FeatureFileError, FileNotFoundError, UntrustedCheckpointError) as error:
         raise SystemExit(f"run_recommend: {error}") from None
     if args.output:
         write_recommendations(args.output, ids, results)

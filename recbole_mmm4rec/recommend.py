@@ -234,16 +234,15 @@ class Recommender:
             table.table = torch.cat([table.table, rows])
             table.has_feature = torch.cat([table.has_feature, torch.ones(len(rows), dtype=torch.bool, device=rows.device)])
         if ids:
-            # MMM4Rec's ID vectors start at zero in training: a new item gets the value every item
-            # starts from, and is scored from its features alone.
+            # MMM4Rec's per-item tables start at zero in training (a zero ID bias; zero fusion logits,
+            # i.e. equal modality weights): a new item gets the values every item starts from.
             for module in ids.values():
                 zeros = module.weight.new_zeros(len(tokens), module.weight.shape[1])
                 module.weight = nn.Parameter(torch.cat([module.weight.detach(), zeros]), requires_grad=False)
                 module.num_embeddings = module.weight.shape[0]
             self._note(
-                f"{len(tokens)} new items scored with a zero ID vector ({', '.join(ids)}): {name} was trained with "
-                "use_item_id: True, and items it never trained on have no trained ID vector; their scores rest "
-                "on their features alone"
+                f"{len(tokens)} new items scored with a zero ID vector ({', '.join(ids)}): {name} trained one per "
+                "item, and items it never trained on have none; their scores rest on their features alone"
             )
         for token in tokens:
             self.item_ids[token] = len(self.item_tokens)
