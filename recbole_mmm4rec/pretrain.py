@@ -178,8 +178,10 @@ def run_pretrain(
     train_dataset = dataset.build()[0]
     train_data = TrainDataLoader(config, train_dataset, None, shuffle=config["shuffle"])
     logger.info(
-        set_color("[Pre-training]", "pink") + f": {len(train_dataset):,} samples (every prefix of every "
-        f"sequence), batch {config['train_batch_size']}, {len(train_data)} batches per epoch"
+        set_color("[Pre-training]", "pink") + f": {len(train_dataset):,} "
+        + ("windows (train_mode sequence: every interaction a target once)" if train_dataset.windows is not None
+           else "samples (every prefix of every sequence)")
+        + f", batch {config['train_batch_size']}, {len(train_data)} batches per epoch"
     )
     model, _ = build_model_and_trainer(config, train_data)
     prepare_model(model, config)

@@ -28,6 +28,7 @@ from recbole.utils import (
 from recbole_mmm4rec import compat, registry, saved_data
 from recbole_mmm4rec.config import PluginConfig
 from recbole_mmm4rec.data.features import default_mode
+from recbole_mmm4rec.data.sequence import train_mode
 from recbole_mmm4rec.history import EpochCallback, recording_trainer
 from recbole_mmm4rec.model.transfer import TransferError, freeze_parameters, load_transferable
 from recbole_mmm4rec.run_logging import init_run_logger
@@ -133,6 +134,11 @@ def trainer_class(config: Config) -> type:
 def build_model_and_trainer(config: Config, train_data) -> tuple[torch.nn.Module, type]:
     """The seeded model on its device, and its :func:`trainer_class`."""
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    if train_mode(config) == "sequence" and not getattr(config.model_class, "SEQUENCE_TRAINING", False):
+        raise ValueError(
+            f"train_mode: sequence needs a model with a loss at every position of a window (MMM4Rec, "
+            f"UniSRec); {config['model']} trains on prefix rows: set train_mode: prefix"
+        )
     # The class the config resolved: a registered plugin, a RecBole model, or a class passed in.
     model = config.model_class(config, train_data._dataset).to(config["device"])
     return model, trainer_class(config)
@@ -256,7 +262,8 @@ def run_recbole(
     transfer_report = prepare_model(model, config)
     logger.info(model)
     transform = construct_transform(config)
-    flops = get_flops(model, dataset, config["device"], logger, transform)
+    # One evaluation row: in sequence mode the dataset's own rows hold no histories.
+    flops = get_flops(model, test_data._dataset, config["device"], logger, transform)
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
     trainer = trainer_class(config, model)
