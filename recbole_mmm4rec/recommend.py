@@ -259,10 +259,21 @@ class Recommender:
     def _user_sequences(self, splits: Sequence) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
         """Every user's interactions, oldest first: items (and times, for models that read them).
 
-        RecBole keeps a sequential dataset as rows of (history, target), split in time order: a
-        user's items are the history of their earliest row followed by the targets of all rows.
+        ``train_mode: sequence`` keeps them all, sorted by user then time. Otherwise RecBole keeps
+        a sequential dataset as rows of (history, target), split in time order: a user's items are
+        the history of their earliest row followed by the targets of all their rows.
         """
         dataset, model = self.dataset, self.model
+        every = getattr(dataset, "interaction_sequences", None)  # RecBole's own datasets have none
+        if every is not None:
+            users, items = every[dataset.uid_field].numpy(), every[dataset.iid_field].numpy()
+            times = every[dataset.time_field].numpy() if self.time_seq else None
+            starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+            ends = np.r_[starts[1:], len(users)]
+            return {
+                int(users[start]): (items[start:end], None if times is None else times[start:end])
+                for start, end in zip(starts, ends)
+            }
         feats = [split._dataset.inter_feat for split in splits]
         offsets = np.cumsum([0] + [len(feat) for feat in feats])
         users = np.concatenate([feat[dataset.uid_field].numpy() for feat in feats])

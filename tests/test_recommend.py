@@ -121,6 +121,24 @@ def test_cli_users_jsonl_and_a_jsonl_history_equal_to_the_dataset_user(recommend
         recommender.recommend(read_histories(histories), strict=True)
 
 
+def test_a_sequence_mode_checkpoint_recommends_as_a_prefix_mode_one(recommender, checkpoint, tmp_path):
+    """train_mode: sequence keeps the training split as windows: the users' histories, hence their
+    recommendations, are the same."""
+    saved = torch.load(checkpoint, weights_only=False)
+    saved["config"]["train_mode"] = "sequence"
+    sequence_mode = tmp_path / "sequence.pth"
+    torch.save(saved, sequence_mode)
+    windows = Recommender.from_checkpoint(str(sequence_mode))
+    assert windows.dataset.interaction_sequences is not None
+    users = recommender.users()
+    assert windows.users() == users
+    for user in users:
+        assert windows.user_history(user) == recommender.user_history(user)
+    for (tokens, scores), (expected, expected_scores) in zip(windows.recommend_users(users[:5]), recommender.recommend_users(users[:5])):
+        assert tokens == expected
+        np.testing.assert_allclose(scores, expected_scores, rtol=1e-5)
+
+
 def test_bad_inputs_say_what_to_fix(recommender, checkpoint, tmp_path):
     with pytest.raises(SystemExit, match=r"user '99999' is not a user of dataset ml-100k-mm-small .* --histories"):
         run_recommend_main([f"--checkpoint={checkpoint}", f"--users={recommender.users()[0]},99999"])
