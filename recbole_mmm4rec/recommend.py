@@ -392,8 +392,8 @@ class Recommender:
     def _top_k(
         self, rows: list, user_ids: list[int], exclude: list[np.ndarray | None], k: int, batch_size: int, show_progress: bool
     ) -> list[tuple[list[str], list[float]]]:
-        if k < 1:
-            raise RecommendError(f"topk must be at least 1, found {k}")
+        if k < 1 or batch_size < 1:
+            raise RecommendError(f"topk and batch_size must be at least 1, found {k} and {batch_size}")
         k = min(k, len(self.item_tokens) - 1)
         results = []
         starts = range(0, len(rows), batch_size)

@@ -142,6 +142,8 @@ def test_a_sequence_mode_checkpoint_recommends_as_a_prefix_mode_one(recommender,
 def test_bad_inputs_say_what_to_fix(recommender, checkpoint, tmp_path):
     with pytest.raises(SystemExit, match=r"user '99999' is not a user of dataset ml-100k-mm-small .* --histories"):
         run_recommend_main([f"--checkpoint={checkpoint}", f"--users={recommender.users()[0]},99999"])
+    with pytest.raises(RecommendError, match="topk and batch_size must be at least 1, found 0 and 256"):
+        recommender.recommend_users(recommender.users()[:1], k=0)
     with pytest.raises(RecommendError, match="history 'a': empty history"):
         recommender.recommend([{"id": "a", "items": [], "timestamps": []}])
     no_times = write_jsonl(tmp_path / "no_times.jsonl", [{"id": "b", "items": ["50", "172"]}])
