@@ -17,7 +17,12 @@ memory, the training data's size, and pre-training throughput, each cell in a fr
    cross-entropy, 1,024 windows per micro-batch, 8 per step): training targets per second and
    minutes per epoch, at demo and paper sizes, timed on ``--batches`` micro-batches.
 
-Writes benchmarks/results/sequence_training.json and the "sequence_training" section of BENCHMARKS.md.
+4. Quality, 3 seeds (``run_benchmark``, demo sizes and early stopping as benchmarks/side_by_side.py,
+   sharing its runs folder): MMM4Rec in prefix and in sequence mode, validation and test NDCG@10,
+   epochs to the best validation.
+
+Writes benchmarks/results/sequence_training.json and the "sequence_training" and
+"sequence_quality" sections of BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import subprocess
 import sys
 import time
 
-from report import ROOT, machine, markdown_table, replace_section, write_results
+from report import HERE, ROOT, machine, markdown_table, replace_section, write_results
 
 DEMO_YAML = os.path.join(ROOT, "properties", "quick_start", "demo.yaml")
 PAPER_SIZES = {"hidden_size": 256, "head_dim": 64, "d_state": 64, "n_groups": 8, "inner_size": 256}
@@ -211,12 +216,34 @@ def pretrain_table(results: list[dict]) -> str:
     return markdown_table(["sizes", "targets/s", "min/epoch", "targets per epoch", "windows", "windows per micro-batch", "peak RSS (MiB)"], rows)
 
 
+def quality(command: str, seeds: str) -> None:
+    from recbole_mmm4rec.benchmark import run_benchmark
+
+    output = os.path.join(HERE, "results", "side_by_side", "ml-100k-mm-sequence")
+    result = run_benchmark(
+        dataset="ml-100k-mm", models="MMM4Rec,MMM4Rec[train_mode=sequence]", seeds=seeds, config_file_list=[DEMO_YAML],
+        config_dict={"epochs": 30, "topk": [10, 20, 50]}, runs_dir=os.path.join(HERE, "results", "side_by_side", "runs"),
+        output_dir=output, workers=1, threads_per_run=1,
+    )
+    folder = os.path.relpath(output, ROOT)
+    replace_section(
+        "sequence_quality", "Sequence-mode training: quality against prefix rows (run_benchmark)",
+        f"`{command}` on {machine()}; each run in its own process with one torch thread, one at a time, "
+        f"demo sizes (hidden 64, L = 20, batch 2048 rows or windows, window overlap 10), early stopping after 3 "
+        f"evaluations without a better validation NDCG@10. Mean ± sample std over seeds {seeds}.\n\n{result.table}\n\n"
+        f"Raw runs: `{folder}/results.json`.\n\n![validation NDCG@10 per epoch]({folder}/valid_curves.png)",
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default="20,50")
     parser.add_argument("--batches", type=int, default=12, help="timed batches of an epoch longer than that")
     parser.add_argument("--skip_memory", action="store_true")
     parser.add_argument("--skip_pretrain", action="store_true")
+    parser.add_argument("--skip_speed", action="store_true", help="keep the speed, memory and throughput section as it is")
+    parser.add_argument("--quality_seeds", default="2020,2021,2022")
+    parser.add_argument("--skip_quality", action="store_true")
     parser.add_argument("--speed", nargs=4, metavar=("MODEL", "MODE", "SIZES", "LENGTH"), help="one cell, in this process")
     parser.add_argument("--memory", nargs=2, metavar=("MODE", "LENGTH"), help="one cell, in this process")
     parser.add_argument("--pretrain", metavar="SIZES", help="one cell, in this process")
@@ -232,6 +259,11 @@ def main() -> int:
         print(json.dumps(measure_pretrain(args.pretrain, args.batches)))
         return 0
 
+    command = ("python benchmarks/sequence_training.py " + " ".join(sys.argv[1:])).strip()
+    if not args.skip_quality:
+        quality(command, args.quality_seeds)
+    if args.skip_speed:
+        return 0
     results = {"speed": [], "memory": [], "pretrain": []}
     for length in [int(v) for v in args.lengths.split(",")]:
         for label, model, mode, sizes in SPEED_CELLS:
@@ -250,7 +282,6 @@ def main() -> int:
             print(json.dumps(cell), flush=True)
             results["pretrain"].append(cell)
     write_results("sequence_training", results)
-    command = ("python benchmarks/sequence_training.py " + " ".join(sys.argv[1:])).strip()
     body = (f"`{command}` on {machine()}; one torch thread per cell, each in a fresh process, the other core busy "
             f"with a benchmark run (ratios are within this one run).\n\n"
             f"Speed on ml-100k-mm (batch 2048 rows or windows; window overlap L/2):\n\n{speed_table(results['speed'])}\n")
