@@ -14,7 +14,7 @@ memory, the training data's size, and pre-training throughput, each cell in a fr
    VmHWM after building, then projected to the paper's pre-training corpus (14 M interactions):
    bytes per training target times 14 M.
 3. Pre-training throughput on ml-1m-mm, sequence mode, properties/pretrain/MMM4Rec.yaml (in-batch
-   cross-entropy, 1,024 windows per micro-batch, 8 per step): training targets per second and
+   cross-entropy, micro-batches of 1,024 targets, 8 per step): training targets per second and
    minutes per epoch, at demo and paper sizes, timed on ``--batches`` micro-batches.
 
 4. Quality, 3 seeds (``run_benchmark``, demo sizes and early stopping as benchmarks/side_by_side.py,
@@ -98,14 +98,13 @@ def _targets(train_data) -> int:
 
 def measure_speed(model_name: str, mode: str, sizes: str, length: int, batches: int) -> dict:
     import torch
-    from recbole.data import data_preparation
 
-    from recbole_mmm4rec.quick_start import build_model_and_trainer, create_dataset
+    from recbole_mmm4rec.quick_start import build_model_and_trainer, create_dataset, prepare_data
 
     torch.set_num_threads(1)
     config = _config(model_name, "ml-100k-mm", mode, sizes, length)
     dataset = create_dataset(config)
-    train_data, _, _ = data_preparation(config, dataset)
+    train_data, _, _ = prepare_data(config, dataset)
     model, trainer_class = build_model_and_trainer(config, train_data)
     trainer = trainer_class(config, model)
     seconds, estimated = _timed_epoch(trainer, model, train_data, batches)
@@ -144,16 +143,15 @@ def measure_memory(mode: str, length: int) -> dict:
 
 def measure_pretrain(sizes: str, batches: int) -> dict:
     import torch
-    from recbole.data.dataloader import TrainDataLoader
 
     from recbole_mmm4rec.pretrain import pretrain_trainer, prepare_domains
-    from recbole_mmm4rec.quick_start import build_model_and_trainer, create_dataset
+    from recbole_mmm4rec.quick_start import build_model_and_trainer, create_dataset, training_loader
 
     torch.set_num_threads(1)
     config = _config("MMM4Rec", "ml-1m-mm", "sequence", sizes, 20, pretrain=True)
     prepare_domains(["ml-1m-mm"], os.path.dirname(config["data_path"]), config["modalities"] or [])
     train = create_dataset(config).build()[0]
-    train_data = TrainDataLoader(config, train, None, shuffle=True)
+    train_data = training_loader(config, train, shuffle=True)
     model, _ = build_model_and_trainer(config, train_data)
     trainer = pretrain_trainer(config)(config, model)
     model.train()
@@ -172,7 +170,7 @@ def measure_pretrain(sizes: str, batches: int) -> dict:
             targets += int((interaction[model.NEXT_ITEMS] > 0).sum())
     epoch_targets = len(train.inter_feat)
     return {"targets_per_second": targets / seconds, "epoch_minutes": epoch_targets / (targets / seconds) / 60,
-            "epoch_targets": epoch_targets, "windows": len(train), "batch_windows": config["train_batch_size"],
+            "epoch_targets": epoch_targets, "windows": len(train), "batch_windows": train_data.step, "batch_targets": config["train_batch_size"],
             "peak_rss_mib": peak_rss_mib()}
 
 
@@ -229,7 +227,7 @@ def quality(command: str, seeds: str) -> None:
     replace_section(
         "sequence_quality", "Sequence-mode training: quality against prefix rows (run_benchmark)",
         f"`{command}` on {machine()}; each run in its own process with one torch thread, one at a time, "
-        f"demo sizes (hidden 64, L = 20, batch 2048 rows or windows, window overlap 10), early stopping after 3 "
+        f"demo sizes (hidden 64, L = 20, batch 2048 targets: rows, or the windows that hold as many; window overlap 10), early stopping after 3 "
         f"evaluations without a better validation NDCG@10. Mean ± sample std over seeds {seeds}.\n\n{result.table}\n\n"
         f"Raw runs: `{folder}/results.json`.\n\n![validation NDCG@10 per epoch]({folder}/valid_curves.png)",
     )
@@ -284,7 +282,7 @@ def main() -> int:
     write_results("sequence_training", results)
     body = (f"`{command}` on {machine()}; one torch thread per cell, each in a fresh process, the other core busy "
             f"with a benchmark run (ratios are within this one run).\n\n"
-            f"Speed on ml-100k-mm (batch 2048 rows or windows; window overlap L/2):\n\n{speed_table(results['speed'])}\n")
+            f"Speed on ml-100k-mm (batch 2048 targets: prefix rows, or the windows holding that many; window overlap L/2):\n\n{speed_table(results['speed'])}\n")
     if results["memory"]:
         body += f"\nTraining data of ml-1m-mm at L = 20 (demo sizes; the model does not matter):\n\n{memory_table(results['memory'])}\n"
     if results["pretrain"]:

@@ -136,6 +136,18 @@ def test_windows_are_shuffled_per_epoch_reproducibly_and_split_across_ranks(both
     assert len(shares[0]) == len(shares[1]) == -(-len(train) // 2)
 
 
+def test_a_batch_holds_train_batch_size_targets_on_average(both_modes):
+    from recbole_mmm4rec.quick_start import training_loader
+
+    config, _, train_data = both_modes["sequence"]
+    loader = training_loader(config, train_data._dataset, shuffle=True)
+    targets = [int((batch["item_id_next_list"] > 0).sum()) for batch in loader]
+    assert sum(targets) == len(train_data._dataset.inter_feat)  # every target once per epoch
+    assert abs(sum(targets) / len(targets) - config["train_batch_size"]) < 0.2 * config["train_batch_size"]
+    prefix_config, _, prefix_data = both_modes["prefix"]
+    assert abs(len(loader) - len(prefix_data)) <= 0.2 * len(prefix_data)  # as many optimiser steps per epoch
+
+
 def _prefix_rows_of(batch, config, time_field="timestamp"):
     """One prefix row per loss position of a window batch: the window's items up to it."""
     iid, suffix = config["ITEM_ID_FIELD"], config["LIST_SUFFIX"]

@@ -54,6 +54,16 @@ def window_overlap(config) -> int:
     return overlap
 
 
+def windows_per_batch(batch_targets: int, windows: int, targets: int) -> int:
+    """Windows per training batch for ``train_batch_size`` = ``batch_targets``: in sequence mode the
+    batch size counts targets, as in prefix mode (a prefix row is one target), so that an epoch
+    makes as many optimiser steps and an in-batch loss sees as many candidates; the batch takes
+    the windows that hold that many targets on average."""
+    if windows == 0:
+        return batch_targets
+    return max(1, round(batch_targets * windows / targets))
+
+
 def training_windows(
     target_rows: np.ndarray, user_first_rows: np.ndarray, length: int, overlap: int
 ) -> dict[str, np.ndarray]:
