@@ -1,7 +1,9 @@
 """Sequence-mode training (``train_mode: sequence``) beside RecBole's prefix rows: epoch time, peak
 memory, the training data's size, and pre-training throughput, each cell in a fresh process.
 
-    .venv/bin/python benchmarks/sequence_training.py [--lengths 20,50] [--batches 12] [--skip_memory] [--skip_pretrain]
+    .venv/bin/python benchmarks/sequence_training.py [--lengths 20,50] [--batches 12] [--skip_quality] [--skip_speed] [--skip_memory] [--skip_pretrain]
+
+A skipped part keeps its results from the last run (benchmarks/results/sequence_training.json).
 
 1. Speed, ml-100k-mm, properties/quick_start/demo.yaml (hidden 64, batch 2048) and the paper's
    sizes (hidden 256, 8 heads x 64, d_state 64, 8 groups, FFN 256; MMM4Rec only), L = 20 and 50:
@@ -239,7 +241,7 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=12, help="timed batches of an epoch longer than that")
     parser.add_argument("--skip_memory", action="store_true")
     parser.add_argument("--skip_pretrain", action="store_true")
-    parser.add_argument("--skip_speed", action="store_true", help="keep the speed, memory and throughput section as it is")
+    parser.add_argument("--skip_speed", action="store_true")
     parser.add_argument("--quality_seeds", default="2020,2021,2022")
     parser.add_argument("--skip_quality", action="store_true")
     parser.add_argument("--speed", nargs=4, metavar=("MODEL", "MODE", "SIZES", "LENGTH"), help="one cell, in this process")
@@ -260,33 +262,45 @@ def main() -> int:
     command = ("python benchmarks/sequence_training.py " + " ".join(sys.argv[1:])).strip()
     if not args.skip_quality:
         quality(command, args.quality_seeds)
-    if args.skip_speed:
-        return 0
-    results = {"speed": [], "memory": [], "pretrain": []}
-    for length in [int(v) for v in args.lengths.split(",")]:
+    # A part that is skipped keeps its previous results.
+    path = os.path.join(HERE, "results", "sequence_training.json")
+    results = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {"speed": [], "memory": [], "pretrain": []}
+    if not args.skip_speed:
+        results["speed"] = []
+    for length in [] if args.skip_speed else [int(v) for v in args.lengths.split(",")]:
         for label, model, mode, sizes in SPEED_CELLS:
             cell = {"label": label, "length": length, "sizes": sizes,
                     **_run("--speed", model, mode, sizes, str(length), "--batches", str(args.batches))}
             print(json.dumps(cell), flush=True)
             results["speed"].append(cell)
     if not args.skip_memory:
+        results["memory"] = []
         for mode in ("sequence", "prefix"):
             cell = {"mode": mode, **_run("--memory", mode, "20")}
             print(json.dumps(cell), flush=True)
             results["memory"].append(cell)
     if not args.skip_pretrain:
+        results["pretrain"] = []
         for sizes in ("demo", "paper"):
             cell = {"sizes": sizes, **_run("--pretrain", sizes, "--batches", str(args.batches))}
             print(json.dumps(cell), flush=True)
             results["pretrain"].append(cell)
+    for part, skipped in (("speed", args.skip_speed), ("memory", args.skip_memory), ("pretrain", args.skip_pretrain)):
+        if not skipped:
+            results.setdefault("commands", {})[part] = f"`{command}` on {machine()}"
     write_results("sequence_training", results)
-    body = (f"`{command}` on {machine()}; one torch thread per cell, each in a fresh process, the other core busy "
-            f"with a benchmark run (ratios are within this one run).\n\n"
-            f"Speed on ml-100k-mm (batch 2048 targets: prefix rows, or the windows holding that many; window overlap L/2):\n\n{speed_table(results['speed'])}\n")
+    commands = results.get("commands", {})
+    body = ("One torch thread per cell, each in a fresh process, the other core busy with a benchmark run "
+            "(ratios are within one run).\n")
+    if results["speed"]:
+        body += (f"\nSpeed on ml-100k-mm, {commands.get('speed')} (batch 2048 targets: prefix rows, or the windows "
+                 f"holding that many; window overlap L/2):\n\n{speed_table(results['speed'])}\n")
     if results["memory"]:
-        body += f"\nTraining data of ml-1m-mm at L = 20 (demo sizes; the model does not matter):\n\n{memory_table(results['memory'])}\n"
+        body += (f"\nTraining data of ml-1m-mm at L = 20, {commands.get('memory')} (demo sizes; the model does not "
+                 f"matter):\n\n{memory_table(results['memory'])}\n")
     if results["pretrain"]:
-        body += f"\nPre-training throughput, ml-1m-mm, sequence mode, in-batch cross-entropy:\n\n{pretrain_table(results['pretrain'])}\n"
+        body += (f"\nPre-training throughput, ml-1m-mm, sequence mode, in-batch cross-entropy, "
+                 f"{commands.get('pretrain')}:\n\n{pretrain_table(results['pretrain'])}\n")
     replace_section("sequence_training", "Sequence-mode training: speed, memory, pre-training throughput", body)
     return 0
 
