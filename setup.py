@@ -73,6 +73,7 @@ setup(
             "run_pretrain=recbole_mmm4rec.cli:run_pretrain_main",
             "run_hyper=recbole_mmm4rec.cli:run_hyper_main",
             "run_benchmark=recbole_mmm4rec.cli:run_benchmark_main",
+            "run_recommend=recbole_mmm4rec.cli:run_recommend_main",
         ]
     },
     classifiers=[

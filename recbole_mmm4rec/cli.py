@@ -1,8 +1,8 @@
-"""``run_recbole``, ``run_pretrain``, ``run_hyper`` and ``run_benchmark``: RecBole's command lines, for RecBole's
-models and this package's.
+"""``run_recbole``, ``run_pretrain``, ``run_hyper``, ``run_benchmark`` and ``run_recommend``: RecBole's command
+lines, for RecBole's models and this package's.
 
-Each turns argv into a call of quick start, pre-training or tuning; any ``--key=value`` they do
-not know is a RecBole config override.
+Each turns argv into a call of quick start, pre-training, tuning or recommend; any ``--key=value``
+the training commands do not know is a RecBole config override.
 """
 from __future__ import annotations
 
@@ -287,6 +287,75 @@ def run_benchmark_main(argv: Sequence[str] | None = None) -> int:
     written = ["results.md", "results.json", *(os.path.basename(path) for path in result.plots)]
     print(f"results: {result.output_dir} ({', '.join(written)})")
     return 1 if any("error" in run for run in result.runs) else 0
+
+
+def _bool(text: str) -> bool:
+    """RecBole's spelling of booleans on the command line: --exclude_history=False."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected True or False, found {text!r}")
+    return text.lower() == "true"
+
+
+def build_recommend_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_recommend",
+        description="Top-k recommendations from a checkpoint of a sequential model (MMM4Rec, UniSRec, SASRec, "
+        "...), for users of its dataset or for given histories; item tokens in and out.",
+        epilog="histories file: one JSON object per line, {\"id\": \"a\", \"items\": [\"50\", \"172\"], "
+        "\"timestamps\": [881250949, 881251949]}; timestamps are required for models that read time "
+        "(MMM4Rec with time_channel). New items: a folder with <name>.<modality>.npy and <name>.<modality>.tokens "
+        "for each modality the model reads (the format of recbole_mmm4rec.data.write_item_features).",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--checkpoint", type=str, required=True, help="a checkpoint saved by run_recbole (saved/*.pth)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--users", type=str, help="user tokens of the checkpoint's dataset, separated by commas")
+    source.add_argument("--histories", type=str, help="JSONL file of histories (see below)")
+    source.add_argument("--all_users", action="store_true", help="every user of the checkpoint's dataset")
+    parser.add_argument("--topk", type=int, default=10, help="items per history (default 10)")
+    parser.add_argument("--exclude_history", type=_bool, default=True,
+                        help="True (default): never recommend an item of the history (of the user's interactions for --users)")
+    parser.add_argument("--output", type=str, default=None, help="FILE.jsonl or FILE.csv (default: JSONL on stdout)")
+    parser.add_argument("--strict", action="store_true", help="an unknown item token in a history is an error (default: skipped and counted)")
+    parser.add_argument("--new_items", type=str, default=None,
+                        help="folder of feature files of items absent from the checkpoint's catalogue: they join the candidates")
+    parser.add_argument("--batch_size", type=int, default=256, help="histories scored at once (default 256)")
+    parser.add_argument("--trust_checkpoint", type=_bool, default=False,
+                        help="True: unpickle the checkpoint and its saved data without restriction (default False)")
+    return parser
+
+
+def run_recommend_main(argv: Sequence[str] | None = None) -> int:
+    args = build_recommend_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from recbole_mmm4rec.compat import UntrustedCheckpointError
+    from recbole_mmm4rec.data import FeatureFileError
+    from recbole_mmm4rec.recommend import (
+        OUTPUT_FORMATS, Recommender, RecommendError, format_recommendations, read_histories, write_recommendations,
+    )
+
+    if args.output and os.path.splitext(args.output)[1].lower() not in OUTPUT_FORMATS:
+        raise SystemExit(f"run_recommend: --output={args.output}: expected a .jsonl or .csv file name")
+    try:
+        recommender = Recommender.from_checkpoint(args.checkpoint, new_items=args.new_items, trust=args.trust_checkpoint)
+        options = dict(k=args.topk, exclude_history=args.exclude_history, batch_size=args.batch_size, show_progress=True)
+        if args.histories:
+            histories = read_histories(args.histories)
+            ids = [history.id for history in histories]
+            results = recommender.recommend(histories, strict=args.strict, **options)
+        else:
+            ids = recommender.users() if args.all_users else [user.strip() for user in args.users.split(",") if user.strip()]
+            results = recommender.recommend_users(ids, **options)
+    except (RecommendError, FeatureFileError, FileNotFoundError, UntrustedCheckpointError) as error:
+        raise SystemExit(f"run_recommend: {error}") from None
+    if args.output:
+        write_recommendations(args.output, ids, results)
+    else:
+        sys.stdout.write(format_recommendations(ids, results, ".jsonl"))
+    skipped = f"; {recommender.skipped_items} unknown item tokens skipped" if recommender.skipped_items else ""
+    print(f"run_recommend: top-{args.topk} for {len(ids)} histories -> {args.output or 'stdout'}{skipped}", file=sys.stderr)
+    for note in recommender.notes:
+        print(f"run_recommend: note: {note}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import yaml
-from recbole.data.dataloader import TrainDataLoader
 from recbole.utils import set_color
 
 from recbole_mmm4rec import compat, registry
@@ -44,6 +43,7 @@ from recbole_mmm4rec.quick_start import (
     prepare_model,
     start_run,
     trainer_class,
+    training_loader,
 )
 
 DOMAIN_JOIN = "+"
@@ -251,10 +251,12 @@ def run_pretrain(
     dataset = create_dataset(config)
     logger.info(dataset)
     train_dataset = dataset.build()[0]
-    train_data = TrainDataLoader(config, train_dataset, None, shuffle=config["shuffle"])
+    train_data = training_loader(config, train_dataset, shuffle=config["shuffle"])
     logger.info(
-        set_color("[Pre-training]", "pink") + f": {len(train_dataset):,} samples (every prefix of every "
-        f"sequence), batch {config['train_batch_size']}, {len(train_data)} batches per epoch"
+        set_color("[Pre-training]", "pink") + f": {len(train_dataset):,} "
+        + ("windows (train_mode sequence: every interaction a target once)" if train_dataset.windows is not None
+           else "samples (every prefix of every sequence)")
+        + f", batch {config['train_batch_size']}, {len(train_data)} batches per epoch"
     )
     model, _ = build_model_and_trainer(config, train_data)
     prepare_model(model, config)

@@ -28,6 +28,7 @@ from recbole.utils import (
 from recbole_mmm4rec import compat, registry, saved_data
 from recbole_mmm4rec.config import PluginConfig
 from recbole_mmm4rec.data.features import default_mode
+from recbole_mmm4rec.data.sequence import train_mode, windows_per_batch
 from recbole_mmm4rec.history import EpochCallback, recording_trainer
 from recbole_mmm4rec.model.transfer import TransferError, freeze_parameters, load_transferable
 from recbole_mmm4rec.run_logging import init_run_logger
@@ -130,9 +131,39 @@ def trainer_class(config: Config) -> type:
     return recording_trainer(compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"])))
 
 
+def training_loader(config: Config, train_dataset, shuffle: bool):
+    """RecBole's ``TrainDataLoader`` over ``train_dataset``. In sequence mode (a split of windows)
+    ``train_batch_size`` counts targets, as a prefix row is one: each batch takes
+    :func:`~recbole_mmm4rec.data.sequence.windows_per_batch` windows."""
+    from recbole.data.dataloader import TrainDataLoader
+
+    if getattr(train_dataset, "windows", None) is None:
+        return TrainDataLoader(config, train_dataset, None, shuffle=shuffle)
+    batch_targets = config["train_batch_size"]
+    config["train_batch_size"] = windows_per_batch(batch_targets, len(train_dataset), len(train_dataset.inter_feat))
+    try:
+        return TrainDataLoader(config, train_dataset, None, shuffle=shuffle)
+    finally:
+        config["train_batch_size"] = batch_targets
+
+
+def prepare_data(config: Config, dataset: Dataset) -> tuple:
+    """RecBole's ``data_preparation``, with a sequence-mode training split batched by
+    :func:`training_loader`."""
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    if getattr(train_data._dataset, "windows", None) is not None:
+        train_data = training_loader(config, train_data._dataset, shuffle=train_data.shuffle)
+    return train_data, valid_data, test_data
+
+
 def build_model_and_trainer(config: Config, train_data) -> tuple[torch.nn.Module, type]:
     """The seeded model on its device, and its :func:`trainer_class`."""
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    if train_mode(config) == "sequence" and not getattr(config.model_class, "SEQUENCE_TRAINING", False):
+        raise ValueError(
+            f"train_mode: sequence needs a model with a loss at every position of a window (MMM4Rec, "
+            f"UniSRec); {config['model']} trains on prefix rows: set train_mode: prefix"
+        )
     # The class the config resolved: a registered plugin, a RecBole model, or a class passed in.
     model = config.model_class(config, train_data._dataset).to(config["device"])
     return model, trainer_class(config)
@@ -250,13 +281,14 @@ def run_recbole(
     logger = start_run(config)
     dataset = create_dataset(config)
     logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data, valid_data, test_data = prepare_data(config, dataset)
 
     model, trainer_class = build_model_and_trainer(config, train_data)
     transfer_report = prepare_model(model, config)
     logger.info(model)
     transform = construct_transform(config)
-    flops = get_flops(model, dataset, config["device"], logger, transform)
+    # One evaluation row: in sequence mode the dataset's own rows hold no histories.
+    flops = get_flops(model, test_data._dataset, config["device"], logger, transform)
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
     trainer = trainer_class(config, model)
@@ -333,7 +365,7 @@ def load_data_and_model(model_file: str, trust: bool = False) -> tuple:
 
     dataset = create_dataset(config)
     logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data, valid_data, test_data = prepare_data(config, dataset)
 
     model, _ = build_model_and_trainer(config, train_data)
     compat.restore_model_state(model, checkpoint)

@@ -23,6 +23,8 @@ from recbole.utils import get_gpu_usage, set_color
 from torch.nn.utils.clip_grad import clip_grad_norm_
 from tqdm import tqdm
 
+from recbole_mmm4rec.data.sequence import next_items_field
+
 # Mamba-2's parameters without weight decay (mamba-ssm marks them ``_no_weight_decay``): the
 # state decay rates, the step-size biases and the skip gains, whatever their shape.
 _EXEMPT_LEAF_NAMES = frozenset({"A_log", "dt_bias", "D"})
@@ -54,6 +56,7 @@ class AccumulatingTrainer(Trainer):
 
     def __init__(self, config, model):
         self.accumulation_steps = accumulation_steps(config)
+        self._next_items = next_items_field(config)
         self._in_accumulating_loop = False
         super().__init__(config, model)
 
@@ -85,7 +88,8 @@ class AccumulatingTrainer(Trainer):
                 loss = sum(losses) if isinstance(losses, tuple) else losses
                 total_loss = _add_batch_loss(total_loss, losses)
                 self._check_nan(loss)
-                rows = len(interaction)
+                # The terms the batch's mean loss averages: rows, or a sequence batch's targets.
+                rows = int((interaction[self._next_items] > 0).sum()) if self._next_items in interaction else len(interaction)
                 scaler.scale(loss * rows + sync_loss).backward()
                 group_rows += rows
                 if (batch_idx + 1) % self.accumulation_steps == 0:

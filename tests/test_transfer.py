@@ -155,10 +155,12 @@ def test_foreign_and_mismatched_checkpoints_are_clear_errors(subset_data_path, p
 
 
 def test_two_process_gloo_pretraining_follows_the_one_process_curve(domains_root, tmp_path, monkeypatch):
+    """In sequence mode: each rank trains on its share of the windows."""
     monkeypatch.chdir(tmp_path)
-    one = launch_pretrain("MMM4Rec", list(DOMAINS), config_dict=pretrain_settings(domains_root, tmp_path / "one", epochs=3))
+    settings = {"epochs": 3, "train_mode": "sequence", "train_batch_size": 64}
+    one = launch_pretrain("MMM4Rec", list(DOMAINS), config_dict=pretrain_settings(domains_root, tmp_path / "one", **settings))
     config_file = tmp_path / "two.yaml"
-    config_file.write_text(yaml.safe_dump(pretrain_settings(domains_root, tmp_path / "two", epochs=3)))
+    config_file.write_text(yaml.safe_dump(pretrain_settings(domains_root, tmp_path / "two", **settings)))
     command = [RUN_PRETRAIN, "--model=MMM4Rec", "--datasets=dom-a,dom-b", f"--config_files={config_file}", "--nproc=2", "--port=29811"]
     run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -179,7 +181,7 @@ def test_two_process_gloo_pretraining_follows_the_one_process_curve(domains_root
 def test_unisrec_pretrains_on_two_domains_and_fine_tunes_with_its_frozen_encoder(domains_root, subset_data_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     small = {"hidden_size": 32, "inner_size": 64, "n_heads": 2, "n_layers": 1, "n_experts": 4, "train_batch_size": 256}
-    pre = run_pretrain("UniSRec", list(DOMAINS), config_dict=subset_config_dict(domains_root, tmp_path, **small))
+    pre = run_pretrain("UniSRec", list(DOMAINS), config_dict=subset_config_dict(domains_root, tmp_path, **small, train_mode="sequence"))
     assert compat.load_checkpoint(pre["checkpoint"])["config"]["train_stage"] == "pretrain"
     result = run_recbole("UniSRec", SUBSET_NAME, config_dict=subset_config_dict(
         subset_data_path, tmp_path, **small, pretrained=pre["checkpoint"]), saved=True)

@@ -2,7 +2,7 @@
 from recbole_mmm4rec.blocks.initialization import init_weights
 from recbole_mmm4rec.blocks.item_features import ItemFeatureTable
 from recbole_mmm4rec.blocks.layers import FFN_ACTIVATIONS, FeedForward, MMM4RecLayer, ModalityAdapter
-from recbole_mmm4rec.blocks.losses import in_batch_cross_entropy
+from recbole_mmm4rec.blocks.losses import in_batch_cross_entropy, in_batch_item_cross_entropy
 from recbole_mmm4rec.blocks.moe_adaptor import MoEAdaptor
 from recbole_mmm4rec.blocks.ssd_block import TimeAwareSSD, ssd_dimensions
 from recbole_mmm4rec.blocks.time_channel import (
@@ -26,6 +26,7 @@ __all__ = [
     "TimeModulation",
     "causal_rms_norm",
     "in_batch_cross_entropy",
+    "in_batch_item_cross_entropy",
     "init_weights",
     "ssd_dimensions",
     "time_gaps",

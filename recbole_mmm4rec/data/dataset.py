@@ -4,8 +4,10 @@ from __future__ import annotations
 import hashlib
 import os
 
+import numpy as np
 import torch
 from recbole.data.dataset import SequentialDataset
+from recbole.data.interaction import Interaction
 from recbole.utils import set_color
 
 from recbole_mmm4rec.data.features import (
@@ -14,6 +16,7 @@ from recbole_mmm4rec.data.features import (
     read_item_features,
     tokens_path_for,
 )
+from recbole_mmm4rec.data.sequence import padded_lists, train_mode, training_windows, window_batch, window_overlap
 
 
 # The config keys of this class; RecBole must rebuild a saved dataset when one changes.
@@ -24,7 +27,12 @@ DATASET_KEYS = [
     "missing_feature_policy",
     "unknown_feature_tokens",
     "memory_map_features",
+    "train_mode",
+    "window_overlap",
 ]
+# Sequence mode: the columns of a prefix row before its histories are gathered (see build).
+_TARGET_ROW = "target_row"
+_USER_FIRST_ROW = "user_first_row"
 
 
 def configured_modalities(config) -> list[str]:
@@ -51,12 +59,24 @@ class MultiModalSequentialDataset(SequentialDataset):
     * ``memory_map_features`` (bool): keep each aligned table in a file under
       ``<checkpoint_dir>/features/`` and map it, so that processes share one copy.
 
+    * ``train_mode`` (``prefix`` or ``sequence``) and ``window_overlap``: with ``sequence``, the
+      training split is every user's training interactions in windows
+      (:mod:`recbole_mmm4rec.data.sequence`): ``len()`` counts windows and indexing gives window
+      batches, without RecBole's prefix rows in memory. The validation and test splits are
+      RecBole's prefix rows either way.
+
     The time field is float64 (see :func:`recbole_mmm4rec.compat.keep_exact_time`), so that
     ``<time>_list`` carries exact timestamps; like every ``*_list`` field of RecBole it holds the
     history only, never the target's time.
     """
 
     def __init__(self, config):
+        self.train_mode = train_mode(config)
+        self.window_overlap = window_overlap(config) if self.train_mode == "sequence" else None
+        # Sequence mode: every interaction, sorted by user then time, shared by the splits.
+        self.interaction_sequences: Interaction | None = None
+        # Sequence mode, training split: training_windows() of its targets.
+        self.windows: dict[str, np.ndarray] | None = None
         self.modalities: list[str] = configured_modalities(config)
         self.item_features: dict[str, torch.Tensor] = {}
         self.item_feature_masks: dict[str, torch.Tensor] = {}
@@ -71,6 +91,69 @@ class MultiModalSequentialDataset(SequentialDataset):
         super()._data_processing()
         for modality in self.modalities:
             self._attach_modality(modality, raw_item_tokens)
+
+    def data_augmentation(self):
+        """Prefix mode: RecBole's. Sequence mode: each of RecBole's prefix rows as its user, target
+        item and time (what RecBole's split reads), the target's row among the sorted interactions
+        and its history length; :meth:`build` gathers histories for the evaluation splits only."""
+        if self.train_mode == "prefix":
+            return super().data_augmentation()
+        self._aug_presets()
+        self._check_field("uid_field", "time_field")
+        self.sort(by=[self.uid_field, self.time_field], ascending=True)
+        users = self.inter_feat[self.uid_field].numpy()
+        rows = np.arange(len(users))
+        new_user = np.r_[True, users[1:] != users[:-1]] if len(users) else np.zeros(0, dtype=bool)
+        user_first = np.maximum.accumulate(np.where(new_user, rows, 0))
+        targets = rows[~new_user]
+        self.interaction_sequences = self.inter_feat
+        self.inter_feat = Interaction({
+            self.uid_field: self.inter_feat[self.uid_field][targets],
+            self.iid_field: self.inter_feat[self.iid_field][targets],
+            self.time_field: self.inter_feat[self.time_field][targets],
+            _TARGET_ROW: torch.from_numpy(targets),
+            _USER_FIRST_ROW: torch.from_numpy(user_first[targets]),
+            self.item_list_length_field: torch.from_numpy(np.minimum(targets - user_first[targets], self.max_item_list_len)),
+        })
+
+    def build(self):
+        """RecBole's splits; in sequence mode, the evaluation splits' prefix rows get their histories
+        and the training split its windows."""
+        if self.train_mode == "sequence" and self.config["benchmark_filename"] is not None:
+            raise ValueError("train_mode: sequence splits the interactions itself; with benchmark_filename use train_mode: prefix")
+        datasets = super().build()
+        if self.train_mode == "prefix":
+            return datasets
+        train, *evaluation = datasets
+        for split in evaluation:
+            split._gather_histories()
+        order = np.argsort(train.inter_feat[_TARGET_ROW].numpy(), kind="stable")
+        train.windows = training_windows(
+            train.inter_feat[_TARGET_ROW].numpy()[order], train.inter_feat[_USER_FIRST_ROW].numpy()[order],
+            self.max_item_list_len, self.window_overlap,
+        )
+        return datasets
+
+    def _gather_histories(self) -> None:
+        """This split's prefix rows as RecBole builds them: the target's fields and its history lists."""
+        targets, lengths = self.inter_feat[_TARGET_ROW], self.inter_feat[self.item_list_length_field]
+        rows = self.interaction_sequences[targets]
+        rows.update(Interaction({
+            self.item_list_length_field: lengths,
+            **padded_lists(self.interaction_sequences, targets - lengths, lengths, self.uid_field,
+                           self.config["LIST_SUFFIX"], self.max_item_list_len),
+        }))
+        self.inter_feat = rows
+
+    def __len__(self):
+        return len(self.windows["start"]) if self.windows is not None else super().__len__()
+
+    def __getitem__(self, index, join=True):
+        if self.windows is None:
+            return super().__getitem__(index, join=join)
+        batch = window_batch(self.interaction_sequences, self.windows, np.asarray(index), self.uid_field, self.iid_field,
+                             self.config["LIST_SUFFIX"], self.item_list_length_field, self.max_item_list_len)
+        return self.join(batch) if join else batch
 
     @staticmethod
     def modality_paths(config, modality: str) -> tuple[str, str]:

@@ -32,12 +32,13 @@ from recbole_mmm4rec.blocks import (
     MMM4RecLayer,
     ModalityAdapter,
     TimeAwareSSD,
-    in_batch_cross_entropy,
+    in_batch_item_cross_entropy,
     init_weights,
     ssd_dimensions,
     time_gaps,
 )
 from recbole_mmm4rec.data import MultiModalSequentialDataset
+from recbole_mmm4rec.data.sequence import next_items_field
 
 FUSIONS = ("static", "dynamic_shared", "dynamic_instance")
 CE_CANDIDATES = ("all", "in_batch")
@@ -51,6 +52,7 @@ class MMM4Rec(SequentialRecommender):
     """
 
     input_type = InputType.POINTWISE
+    SEQUENCE_TRAINING = True  # calculate_loss takes sequence-mode window batches (train_mode: sequence)
     ITEM_SPECIFIC_PARAMETERS = ("item_bias", "fusion_item_logits")
 
     def __init__(self, config: Config, dataset: MultiModalSequentialDataset):
@@ -86,6 +88,7 @@ class MMM4Rec(SequentialRecommender):
         self.modality_streams = self._resolve_streams(config, dataset)
         self._check_config()
         _, self.n_heads = ssd_dimensions(self.hidden_size, self.expand, self.head_dim, self.n_groups)
+        self.NEXT_ITEMS = next_items_field(config)  # train_mode: sequence
         self.TIME_SEQ = config["TIME_FIELD"] + config["LIST_SUFFIX"] if self.use_time_channel else None
         # RecBole's sequential datasets always carry TIME_FIELD (they sort by it); normalised, it
         # would carry no usable gaps.
@@ -287,14 +290,23 @@ class MMM4Rec(SequentialRecommender):
         return logits / self.temperature
 
     def calculate_loss(self, interaction: Interaction) -> torch.Tensor:
-        user = self._user_vectors(interaction)
-        pos_items = interaction[self.POS_ITEM_ID]
+        """Cross-entropy of each prefix row's target, or, for a sequence-mode batch of windows,
+        of the next item at every loss position (all positions in one forward)."""
+        if self.NEXT_ITEMS in interaction:
+            timestamps = interaction[self.TIME_SEQ] if self.TIME_SEQ else None
+            output = self.forward_sequence(interaction[self.ITEM_SEQ], timestamps)
+            next_items = interaction[self.NEXT_ITEMS]
+            is_target = next_items > 0
+            return self._cross_entropy(output[is_target], next_items[is_target])
+        return self._cross_entropy(self._user_vectors(interaction), interaction[self.POS_ITEM_ID])
+
+    def _cross_entropy(self, user: torch.Tensor, pos_items: torch.Tensor) -> torch.Tensor:
         if self.ce_candidates == "all":
             logits = self.score(user)
             logits[:, 0] = float("-inf")  # padding is no candidate
             return self.loss_fct(logits, pos_items)
-        # In-batch: each user's candidates are the batch's targets (repeated ones masked).
-        return in_batch_cross_entropy(self.score(user, pos_items), pos_items)
+        # In-batch: each user's candidates are the batch's targets (copies of its own masked).
+        return in_batch_item_cross_entropy(self.score, user, pos_items)
 
     def predict(self, interaction: Interaction) -> torch.Tensor:
         user = self._user_vectors(interaction)

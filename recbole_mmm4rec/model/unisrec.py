@@ -33,8 +33,15 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_mmm4rec.blocks import ItemFeatureTable, MoEAdaptor, in_batch_cross_entropy, init_weights
+from recbole_mmm4rec.blocks import (
+    ItemFeatureTable,
+    MoEAdaptor,
+    in_batch_cross_entropy,
+    in_batch_item_cross_entropy,
+    init_weights,
+)
 from recbole_mmm4rec.data import MultiModalSequentialDataset
+from recbole_mmm4rec.data.sequence import next_items_field
 
 TRAIN_STAGES = ("pretrain", "inductive_ft", "transductive_ft")
 
@@ -64,6 +71,7 @@ class UniSRec(SequentialRecommender):
     """
 
     input_type = InputType.POINTWISE
+    SEQUENCE_TRAINING = True  # calculate_loss takes sequence-mode window batches (train_mode: sequence)
     ITEM_SPECIFIC_PARAMETERS = ("item_embedding",)
 
     def __init__(self, config: Config, dataset: MultiModalSequentialDataset):
@@ -89,6 +97,7 @@ class UniSRec(SequentialRecommender):
         self.item_drop_ratio = config["item_drop_ratio"]
         self.item_drop_coefficient = config["item_drop_coefficient"]
         self.loss_type = config["loss_type"]
+        self.NEXT_ITEMS = next_items_field(config)  # train_mode: sequence
         self._check_config(config, dataset)
 
         # define layers and loss
@@ -219,19 +228,40 @@ class UniSRec(SequentialRecommender):
         view, view_len = drop_items(item_seq, item_seq_len, self.item_drop_ratio)
         return view, view_len, self.item_vectors(view)
 
+    def users_and_targets(
+        self, interaction: Interaction, item_vectors: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, hidden) user vectors and their (n,) targets: one per prefix row, or, for a
+        sequence-mode batch of windows, one per loss position (all positions in one forward)."""
+        item_seq = interaction[self.ITEM_SEQ]
+        if self.NEXT_ITEMS in interaction:
+            next_items = interaction[self.NEXT_ITEMS]
+            is_target = next_items > 0
+            return self.forward_sequence(item_seq, item_vectors)[is_target], next_items[is_target]
+        return self.forward(item_seq, interaction[self.ITEM_SEQ_LEN], item_vectors), interaction[self.POS_ITEM_ID]
+
     def pretrain_loss(self, interaction: Interaction) -> torch.Tensor:
         """Sequence-item plus ``seq_seq_loss_weight`` x sequence-sequence in-batch contrastive loss.
 
-        Negatives are the other rows' targets (resp. other rows' second views); rows with the
-        same target as the row are masked out of its negatives in both losses.
+        Negatives are the batch's other targets (resp. the other rows' second views); copies of
+        a row's own target are masked out of its negatives in both losses. In sequence mode the
+        sequence-item loss has a row per loss position and the sequence-sequence loss one per
+        window: the window's history (its last position) against the window's second view.
         """
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
-        targets = interaction[self.POS_ITEM_ID]
-        users = self.forward(item_seq, item_seq_len)
-        seq_item = in_batch_cross_entropy(self.cosine_logits(users, self.item_vectors(targets)), targets)
+        if self.NEXT_ITEMS in interaction:
+            output = self.forward_sequence(item_seq)
+            next_items = interaction[self.NEXT_ITEMS]
+            users, targets = output[next_items > 0], next_items[next_items > 0]
+            histories = self.gather_indexes(output, item_seq_len - 1)
+            history_targets = next_items.gather(1, (item_seq_len - 1).unsqueeze(1)).squeeze(1)
+        else:
+            users, targets = self.users_and_targets(interaction)
+            histories, history_targets = users, targets
+        seq_item = in_batch_item_cross_entropy(lambda u, items: self.cosine_logits(u, self.item_vectors(items)), users, targets)
         view_seq, view_len, view_vectors = self.augmented_view(item_seq, item_seq_len)
         views = self.forward(view_seq, view_len, view_vectors)
-        seq_seq = in_batch_cross_entropy(self.cosine_logits(users, views), targets)
+        seq_seq = in_batch_cross_entropy(self.cosine_logits(histories, views), history_targets)
         return seq_item + self.seq_seq_loss_weight * seq_seq
 
     def _full_sort_logits(self, interaction: Interaction) -> torch.Tensor:
@@ -244,9 +274,11 @@ class UniSRec(SequentialRecommender):
     def calculate_loss(self, interaction: Interaction) -> torch.Tensor:
         if self.train_stage == "pretrain":
             return self.pretrain_loss(interaction)
-        logits = self._full_sort_logits(interaction)
+        catalogue = self.item_vectors()
+        users, targets = self.users_and_targets(interaction, catalogue[interaction[self.ITEM_SEQ]])
+        logits = self.cosine_logits(users, catalogue)
         logits[:, 0] = float("-inf")  # padding is no candidate
-        return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
+        return self.loss_fct(logits, targets)
 
     def predict(self, interaction: Interaction) -> torch.Tensor:
         users = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
