@@ -72,6 +72,7 @@ def time_groups_config(data_path: str, checkpoint_dir: str, **overrides) -> dict
         "d_state": 8,
         "n_groups": 2,
         "dropout_prob": 0.1,
+        "train_mode": "prefix",  # the mode its thresholds and benchmarks/time_signal.py's figures were measured in
     }
     config.update(overrides)
     return config

@@ -70,6 +70,9 @@ def subset_config_dict(data_path: str, tmp_path, **overrides) -> dict:
         "metrics": ["Hit", "NDCG"],
         "topk": [10],
         "valid_metric": "NDCG@10",
+        # RecBole's prefix rows, whatever a model's default: most tests read training rows;
+        # tests/test_sequence_training.py tests sequence mode.
+        "train_mode": "prefix",
     }
     config.update(overrides)
     return config
