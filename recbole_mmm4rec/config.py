@@ -244,7 +244,9 @@ def parse_cmd_args(cmd_args: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
 
 # Options added after runs were named, at the value that computes what the runs did before they
 # existed (RecBole's own loop): left out of the names, so that adding an option keeps old runs.
-NEUTRAL_SETTINGS = {"accumulation_steps": 1, "weight_decay_exempt": False, "train_mode": "prefix", "window_overlap": None}
+NEUTRAL_SETTINGS = {
+    "accumulation_steps": 1, "weight_decay_exempt": False, "train_mode": "prefix", "window_overlap": None, "strict_config": False,
+}
 
 
 def settings_hash(config: Config, ignored_keys: Collection[str], length: int = 6) -> str:
