@@ -15,8 +15,8 @@ A skipped part keeps its results from the last run (benchmarks/results/sequence_
    training split (its tensors, the shared interaction table and the windows) and the process's
    VmHWM after building, then projected to the paper's pre-training corpus (14 M interactions):
    bytes per training target times 14 M.
-3. Pre-training throughput on ml-1m-mm, sequence mode, properties/pretrain/MMM4Rec.yaml (in-batch
-   cross-entropy, micro-batches of 1,024 targets, 8 per step): training targets per second and
+3. Pre-training throughput on ml-1m-mm, sequence mode, properties/pretrain/MMM4Rec.yaml under
+   demo.yaml (in-batch cross-entropy, micro-batches of demo.yaml's 2,048 targets, 8 per step): training targets per second and
    minutes per epoch, at demo and paper sizes, timed on ``--batches`` micro-batches.
 
 4. Quality, 3 seeds (``run_benchmark``, demo sizes and early stopping as benchmarks/side_by_side.py,
@@ -212,8 +212,8 @@ def memory_table(results: list[dict]) -> str:
 
 def pretrain_table(results: list[dict]) -> str:
     rows = [[r["sizes"], f"{r['targets_per_second']:,.0f}", f"{r['epoch_minutes']:.1f}", f"{r['epoch_targets']:,}", f"{r['windows']:,}",
-             r["batch_windows"], f"{r['peak_rss_mib']:.0f}"] for r in results]
-    return markdown_table(["sizes", "targets/s", "min/epoch", "targets per epoch", "windows", "windows per micro-batch", "peak RSS (MiB)"], rows)
+             f"{r['batch_targets']:,} targets = {r['batch_windows']} windows", f"{r['peak_rss_mib']:.0f}"] for r in results]
+    return markdown_table(["sizes", "targets/s", "min/epoch", "targets per epoch", "windows", "micro-batch", "peak RSS (MiB)"], rows)
 
 
 def quality(command: str, seeds: str) -> None:
@@ -221,7 +221,7 @@ def quality(command: str, seeds: str) -> None:
 
     output = os.path.join(HERE, "results", "side_by_side", "ml-100k-mm-sequence")
     result = run_benchmark(
-        dataset="ml-100k-mm", models="MMM4Rec,MMM4Rec[train_mode=sequence]", seeds=seeds, config_file_list=[DEMO_YAML],
+        dataset="ml-100k-mm", models="MMM4Rec[train_mode=prefix],MMM4Rec[train_mode=sequence]", seeds=seeds, config_file_list=[DEMO_YAML],
         config_dict={"epochs": 30, "topk": [10, 20, 50]}, runs_dir=os.path.join(HERE, "results", "side_by_side", "runs"),
         output_dir=output, workers=1, threads_per_run=1,
     )

@@ -132,6 +132,8 @@ class MultiModalSequentialDataset(SequentialDataset):
             train.inter_feat[_TARGET_ROW].numpy()[order], train.inter_feat[_USER_FIRST_ROW].numpy()[order],
             self.max_item_list_len, self.window_overlap,
         )
+        # The training rows keep only what RecBole's samplers read of a split: user and item.
+        train.inter_feat = Interaction({field: train.inter_feat[field] for field in (self.uid_field, self.iid_field)})
         return datasets
 
     def _gather_histories(self) -> None:
