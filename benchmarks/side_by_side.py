@@ -8,7 +8,8 @@ put into BENCHMARKS.md.
    (hidden 64, L=20), Hit/NDCG@10/20/50, up to ``--epochs`` epochs with demo.yaml's early
    stopping (``stopping_step: 3``: a run ends at the 4th evaluation without a better validation
    NDCG@10):
-   MMM4Rec, with and without its per-item ID tables; SASRec; GRU4Rec at RecBole's defaults and
+   MMM4Rec (its default ``train_mode: sequence``, and with RecBole's prefix rows), with and
+   without its per-item ID tables; SASRec; GRU4Rec at RecBole's defaults and
    at learning rate 0.01 (at 1e-3 it stays on its first plateau until early stopping); UniSRec.
 2. Ablations, read on the validation split: MMM4Rec without its time channel, without the shared
    TiSSD block, without the Fourier filter, and at the learning rate and dropout that the
@@ -34,7 +35,7 @@ from report import HERE, ROOT, machine, replace_section
 
 DEMO_YAML = os.path.join(ROOT, "properties", "quick_start", "demo.yaml")
 OUTPUT = os.path.join(HERE, "results", "side_by_side")
-SCRATCH_MODELS = "MMM4Rec,MMM4Rec[use_item_id=False],SASRec,GRU4Rec,GRU4Rec[learning_rate=0.01],UniSRec"
+SCRATCH_MODELS = "MMM4Rec,MMM4Rec[train_mode=prefix],MMM4Rec[use_item_id=False],SASRec,GRU4Rec,GRU4Rec[learning_rate=0.01],UniSRec"
 # The last one is not an ablation: the lr and dropout the validation-only run_hyper search chose.
 ABLATIONS = ("time_channel=False", "share_tissd=False", "fourier_filter=False", "learning_rate=0.003, dropout_prob=0.15")
 TRANSFER_MODELS = ("MMM4Rec", "UniSRec")
