@@ -228,12 +228,16 @@ def test_accumulated_sequence_batches_step_as_one_batch(both_modes):
         torch.testing.assert_close(step, torch.zeros_like(old) if grad is None else grad, rtol=1e-4, atol=1e-6)
 
 
-def test_run_recbole_trains_in_sequence_mode_and_refuses_models_without_a_per_position_loss(subset_data_path, tmp_path):
-    from recbole_mmm4rec import run_recbole
+def test_run_recbole_trains_in_sequence_mode_and_refuses_models_without_a_per_position_loss(
+    both_modes, subset_data_path, tmp_path
+):
+    from recbole_mmm4rec import PluginConfig, run_recbole
+    from recbole_mmm4rec.quick_start import build_model_and_trainer
     from tests.conftest import subset_config_dict
 
-    settings = subset_config_dict(subset_data_path, tmp_path, train_mode="sequence", **SMALL_MMM4REC)
+    settings = subset_config_dict(subset_data_path, tmp_path, train_mode="sequence", MAX_ITEM_LIST_LENGTH=LENGTH, **SMALL_MMM4REC)
     result = run_recbole("MMM4Rec", "ml-100k-mm-small", config_dict=settings, saved=False)
     assert result["epochs_trained"] == 1 and 0 < result["test_result"]["ndcg@10"] < 1
+    sasrec = PluginConfig(model="SASRec", dataset="ml-100k-mm-small", config_dict={**settings, "modalities": []})
     with pytest.raises(ValueError, match="train_mode: sequence needs a model"):
-        run_recbole("SASRec", "ml-100k-mm-small", config_dict={**settings, "modalities": []}, saved=False)
+        build_model_and_trainer(sasrec, both_modes["sequence"][2])

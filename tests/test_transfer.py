@@ -157,7 +157,7 @@ def test_foreign_and_mismatched_checkpoints_are_clear_errors(subset_data_path, p
 def test_two_process_gloo_pretraining_follows_the_one_process_curve(domains_root, tmp_path, monkeypatch):
     """In sequence mode: each rank trains on its share of the windows."""
     monkeypatch.chdir(tmp_path)
-    settings = {"epochs": 3, "train_mode": "sequence", "train_batch_size": 64}
+    settings = {"epochs": 3, "train_mode": "sequence", "train_batch_size": 1024}
     one = launch_pretrain("MMM4Rec", list(DOMAINS), config_dict=pretrain_settings(domains_root, tmp_path / "one", **settings))
     config_file = tmp_path / "two.yaml"
     config_file.write_text(yaml.safe_dump(pretrain_settings(domains_root, tmp_path / "two", **settings)))
