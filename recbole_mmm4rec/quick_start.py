@@ -28,7 +28,7 @@ from recbole.utils import (
 from recbole_mmm4rec import compat, registry, saved_data
 from recbole_mmm4rec.config import PluginConfig
 from recbole_mmm4rec.data.features import default_mode
-from recbole_mmm4rec.data.sequence import train_mode, windows_per_batch
+from recbole_mmm4rec.data.sequence import WindowTrainDataLoader, train_mode
 from recbole_mmm4rec.history import EpochCallback, recording_trainer
 from recbole_mmm4rec.model.transfer import TransferError, freeze_parameters, load_transferable
 from recbole_mmm4rec.run_logging import init_run_logger
@@ -132,19 +132,13 @@ def trainer_class(config: Config) -> type:
 
 
 def training_loader(config: Config, train_dataset, shuffle: bool):
-    """RecBole's ``TrainDataLoader`` over ``train_dataset``. In sequence mode (a split of windows)
-    ``train_batch_size`` counts targets, as a prefix row is one: each batch takes
-    :func:`~recbole_mmm4rec.data.sequence.windows_per_batch` windows."""
+    """RecBole's ``TrainDataLoader`` over ``train_dataset``; over a sequence-mode split of
+    windows, :class:`~recbole_mmm4rec.data.sequence.WindowTrainDataLoader`, whose
+    ``train_batch_size`` counts targets, as a prefix row is one."""
     from recbole.data.dataloader import TrainDataLoader
 
-    if getattr(train_dataset, "windows", None) is None:
-        return TrainDataLoader(config, train_dataset, None, shuffle=shuffle)
-    batch_targets = config["train_batch_size"]
-    config["train_batch_size"] = windows_per_batch(batch_targets, len(train_dataset), len(train_dataset.inter_feat))
-    try:
-        return TrainDataLoader(config, train_dataset, None, shuffle=shuffle)
-    finally:
-        config["train_batch_size"] = batch_targets
+    loader_class = TrainDataLoader if getattr(train_dataset, "windows", None) is None else WindowTrainDataLoader
+    return loader_class(config, train_dataset, None, shuffle=shuffle)
 
 
 def prepare_data(config: Config, dataset: Dataset) -> tuple:

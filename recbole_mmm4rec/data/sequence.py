@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from recbole.data.dataloader import TrainDataLoader
 from recbole.data.interaction import Interaction
 
 # The next item at every window position; 0 (never an item) where a position is no target.
@@ -62,6 +63,16 @@ def windows_per_batch(batch_targets: int, windows: int, targets: int) -> int:
     if windows == 0:
         return batch_targets
     return max(1, round(batch_targets * windows / targets))
+
+
+class WindowTrainDataLoader(TrainDataLoader):
+    """RecBole's training loader over a split of windows, with ``train_batch_size`` counting
+    targets: each batch takes :func:`windows_per_batch` windows (also after ``update_config``)."""
+
+    def _init_batch_size_and_step(self):
+        super()._init_batch_size_and_step()
+        self.step = windows_per_batch(self.step, len(self._dataset), len(self._dataset.inter_feat))
+        self.set_batch_size(self.step)
 
 
 def training_windows(
