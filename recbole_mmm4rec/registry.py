@@ -31,6 +31,8 @@ _MODELS: dict[str, PluginModel] = {}
 DATASET_BUILDERS: dict[str, str] = {
     "ml-100k-mm": "recbole_mmm4rec.dataset_scripts.ml100k_mm:build_ml100k_mm",
     "ml-1m-mm": "recbole_mmm4rec.dataset_scripts.ml1m_mm:build_ml1m_mm",
+    "ml-1m-mm-before1997": "recbole_mmm4rec.dataset_scripts.ml1m_mm_domains:build_ml1m_mm_before1997",
+    "ml-1m-mm-since1997": "recbole_mmm4rec.dataset_scripts.ml1m_mm_domains:build_ml1m_mm_since1997",
 }
 
 
