@@ -18,6 +18,7 @@ from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import (
     ModelType,
+    calculate_valid_score,
     get_environment,
     get_flops,
     get_trainer,
@@ -236,6 +237,8 @@ def split_fingerprint(*splits) -> str:
 def _last_evaluated_epoch(trainer) -> int:
     """The last epoch RecBole evaluated: it evaluates after epochs e with (e + 1) % eval_step == 0."""
     last_trained = max(trainer.train_loss_dict, default=-1)
+    if trainer.eval_step == 0:  # RecBole's min(eval_step, epochs) with epochs: 0
+        return -1
     return (last_trained + 1) // trainer.eval_step * trainer.eval_step - 1
 
 
@@ -253,6 +256,10 @@ def run_recbole(
     Works for RecBole's built-in models and for plugin models. ``cmd_args`` are ``--key=value``
     overrides (the CLI passes its own); ``sys.argv`` is never read. ``epoch_callback`` is called
     with each epoch's record (see :class:`recbole_mmm4rec.history.EpochHistory`) as it ends.
+    ``epochs: 0`` trains nothing: with ``pretrained``, a zero-shot evaluation of the transferred
+    weights on the validation and test splits (MMM4Rec's per-item tables start at zero, so its
+    item vectors come from the features alone; UniSRec needs ``train_stage: inductive_ft``, whose
+    item vectors are text only).
 
     Returns:
         ``model`` and ``dataset`` (the names the config resolved), ``best_valid_score``,
@@ -291,6 +298,11 @@ def run_recbole(
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
+    if config["epochs"] == 0:
+        # Zero-shot: nothing trains; fit saved the model as built (pre-trained weights, item
+        # vectors from the target's features), which validation and test both evaluate.
+        best_valid_result = trainer.evaluate(valid_data, load_best_model=False, show_progress=config["show_progress"])
+        best_valid_score = calculate_valid_score(best_valid_result, trainer.valid_metric)
     fit_seconds = time.perf_counter() - started
     epochs_trained = len(trainer.train_loss_dict)
     test_result = trainer.evaluate(

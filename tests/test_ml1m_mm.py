@@ -6,11 +6,12 @@ import os
 import zipfile
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from recbole_mmm4rec import PluginConfig, create_dataset
-from recbole_mmm4rec.data import read_item_features
-from recbole_mmm4rec.dataset_scripts import ml1m_mm
+from recbole_mmm4rec.data import read_item_features, write_item_features
+from recbole_mmm4rec.dataset_scripts import ml1m_mm, ml1m_mm_domains
 
 INTER = [  # the first lines of the real ml-1m.inter, plus a second user
     ("1m_1", "One Flew Over the Cuckoo's Nest (1975)", "5", "978300760"),
@@ -80,3 +81,51 @@ def test_loads_as_a_multimodal_dataset(ml1m_dir, tmp_path):
     kg_mask = dataset.item_feature_mask("kg")
     assert not kg_mask[dataset.token2id("item_id", "Meet the Parents (2000)")]
     assert kg_mask[dataset.token2id("item_id", "Star Wars (1977)")]
+
+
+def synthetic_ml1m_mm(folder) -> None:
+    """An ml-1m-mm-shaped folder: 12 users who each rated 12 movies of 1990-2001, features on
+    row i equal to i."""
+    folder.mkdir()
+    titles = [f"Movie {year} ({year})" for year in range(1990, 2002)]
+    inter = [(f"1m_{user}", title, "4", str(978300000 + 60 * user + index))
+             for user in range(1, 13) for index, title in enumerate(titles)]
+    pd.DataFrame(inter, columns=["user_id:token", "item_id:token", "rating:float", "timestamp:float"]).to_csv(
+        folder / "ml-1m-mm.inter", sep="\t", index=False)
+    pd.DataFrame([(title, title.split(" (")[0], title[-5:-1], "Drama") for title in titles],
+                 columns=["item_id:token", "movie_title:token_seq", "release_year:token", "class:token_seq"]).to_csv(
+        folder / "ml-1m-mm.item", sep="\t", index=False)
+    for modality, dim in (("text", 384), ("kg", 64)):
+        rows = np.repeat(np.arange(len(titles), dtype=np.float32)[:, None], dim, axis=1)
+        write_item_features(str(folder / f"ml-1m-mm.{modality}.npy"), titles, rows)
+
+
+def test_k_core_is_the_largest_part_with_k_interactions_per_user_and_item():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"user_id:token": rng.integers(0, 40, 600).astype(str),
+                          "item_id:token": rng.integers(0, 60, 600).astype(str)}).drop_duplicates()
+    core = ml1m_mm_domains.k_core(frame, k=5)
+    assert core["user_id:token"].value_counts().min() >= 5 and core["item_id:token"].value_counts().min() >= 5
+    # Maximal: no removed row belongs to a user and an item that both kept 5 rows or more.
+    removed = frame.drop(core.index)
+    assert not (removed["user_id:token"].isin(core["user_id:token"]) & removed["item_id:token"].isin(core["item_id:token"])).any()
+
+
+def test_domains_share_no_item_and_no_user_and_keep_their_feature_rows(tmp_path):
+    synthetic_ml1m_mm(tmp_path / "ml-1m-mm")
+    inter = {}
+    for name in ml1m_mm_domains.DOMAINS:
+        ml1m_mm_domains.build_domain(name, str(tmp_path / name))
+        inter[name] = pd.read_csv(tmp_path / name / f"{name}.inter", sep="\t", dtype=str)
+    source, target = inter["ml-1m-mm-before1997"], inter["ml-1m-mm-since1997"]
+    assert set(source["item_id:token"]) == {f"Movie {y} ({y})" for y in range(1990, 1997)}
+    assert set(target["item_id:token"]) == {f"Movie {y} ({y})" for y in range(1997, 2002)}
+    assert {int(u[3:]) % 2 for u in source["user_id:token"]} == {0} and {int(u[3:]) % 2 for u in target["user_id:token"]} == {1}
+    assert len(source) == 6 * 7 and len(target) == 6 * 5  # every row of the domain: all of it is a 5-core
+    for name, frame in inter.items():
+        items = pd.read_csv(tmp_path / name / f"{name}.item", sep="\t", dtype=str)
+        assert sorted(items["item_id:token"]) == sorted(set(frame["item_id:token"]))
+        tokens, matrix = read_item_features(str(tmp_path / name / f"{name}.text.npy"))
+        assert sorted(tokens) == sorted(items["item_id:token"])
+        for token, row in zip(tokens, np.asarray(matrix)):
+            assert (row == int(token[6:10]) - 1990).all()  # the source folder's row of the same movie

@@ -125,6 +125,27 @@ def test_fine_tuning_loads_transferable_weights_and_reports_every_key(subset_dat
     assert result["test_result"]["ndcg@10"] > 0
 
 
+def test_zero_shot_evaluates_the_transferred_weights_without_training(subset_data_path, pretrained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    results = {}
+    for use_item_id in (True, False):
+        settings = subset_config_dict(subset_data_path, tmp_path / str(use_item_id), **SMALL, epochs=0,
+                                      use_item_id=use_item_id, pretrained=pretrained["checkpoint"])
+        results[use_item_id] = run_recbole("MMM4Rec", SUBSET_NAME, config_dict=settings)
+    scratch = run_recbole("MMM4Rec", SUBSET_NAME, config_dict=subset_config_dict(subset_data_path, tmp_path / "scratch", **SMALL, epochs=0))
+    for result in (*results.values(), scratch):
+        assert result["epochs_trained"] == 0 and result["best_epoch"] == -1 and result["epoch_history"] == []
+        assert result["best_valid_score"] == result["best_valid_result"]["ndcg@10"] > 0
+    # The ID tables start at zero: with ID, the item vectors are the features' alone, as without.
+    for split in ("best_valid_result", "test_result"):
+        assert results[True][split] == pytest.approx(results[False][split], abs=1e-4)
+        assert results[True][split] != scratch[split]  # the pre-trained weights, not an initialisation
+    saved = compat.load_checkpoint(results[True]["saved_model_file"])["state_dict"]
+    pre = compat.load_checkpoint(pretrained["checkpoint"])["state_dict"]
+    assert all(torch.equal(saved[key], pre[key]) for key in pre if "item_bias" not in key)
+    assert all(not saved[key].any() for key in saved if "item_bias" in key)
+
+
 def test_frozen_parts_keep_their_pretrained_values(subset_data_path, pretrained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = subset_config_dict(
