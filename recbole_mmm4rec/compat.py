@@ -20,16 +20,13 @@ RecBole's own: the anomaly mode its import sets, and its list of dataset argumen
    allow-listed globals cannot replace it: it calls any allow-listed class through REDUCE (so
    allowing ``Config`` would let a file run ``Config.__init__``), takes no module-wide
    allow-list (RecBole has hundreds of classes), and reads no plain pickle.
-   :func:`compatible_trainer` gives RecBole trainer classes whose checkpoint reloads use it;
+   The plugin trainers (:mod:`recbole_mmm4rec.trainer`) reload checkpoints through it;
    :func:`route_saved_dataloaders` makes RecBole's ``data_preparation`` load saved dataloaders
    through it (:mod:`recbole_mmm4rec.saved_data`).
 3. RecBole reuses a saved dataset or saved dataloaders when the keys in its
    ``dataset_arguments`` list are unchanged; :func:`register_dataset_arguments` adds this
    package's dataset keys to that list, so changing them rebuilds instead of reusing stale data.
-4. RecBole's trainer knows adam, adamw, sgd, adagrad, rmsprop and sparse_adam, and falls back
-   to Adam without weight decay (with a warning) for any other ``learner``;
-   :func:`compatible_trainer` adds ``nadam``, the optimiser MMM4Rec's paper trains with.
-5. RecBole stores FLOAT fields as float32, which rounds Unix timestamps to ~64 s, so sorting by
+4. RecBole stores FLOAT fields as float32, which rounds Unix timestamps to ~64 s, so sorting by
    time reorders interactions less than a minute apart, differently from exact times.
    :func:`keep_exact_time` keeps the time field of every sequential dataset (RecBole's and this
    package's) in float64: every sequential model, built-in or plugin, sees the same interaction
@@ -392,106 +389,3 @@ def restore_model_state(model: torch.nn.Module, checkpoint: dict) -> None:
     """Put a checkpoint's weights and RecBole ``other_parameter`` into ``model``."""
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
-
-
-class _CheckpointReloadMixin:
-    """Routes RecBole's two checkpoint reads (best-model reload, resume) through load_checkpoint."""
-
-    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        if load_best_model and eval_data:
-            checkpoint_file = model_file or self.saved_model_file
-            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device, trust=trusts_files(self.config))
-            restore_model_state(self.model, checkpoint)
-            self.logger.info(
-                f"Loading model structure and parameters from {checkpoint_file}"
-            )
-        return super().evaluate(
-            eval_data, load_best_model=False, show_progress=show_progress
-        )
-
-    def resume_checkpoint(self, resume_file):
-        """RecBole's resume, through :func:`load_checkpoint`; returns the checkpoint read."""
-        resume_file = str(resume_file)
-        checkpoint = load_checkpoint(resume_file, map_location=self.device, trust=trusts_files(self.config))
-        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
-            self.logger.warning(
-                f"{resume_file} was saved by model {checkpoint['config']['model']}, but this run "
-                f"trains {self.config['model']}; loading its state_dict may fail."
-            )
-        self.saved_model_file = resume_file
-        self.start_epoch = checkpoint["epoch"] + 1
-        self.cur_step = checkpoint["cur_step"]
-        self.best_valid_score = checkpoint["best_valid_score"]
-        restore_model_state(self.model, checkpoint)
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.logger.info(
-            f"Checkpoint loaded. Resume training from epoch {self.start_epoch}"
-        )
-        return checkpoint
-
-
-class _ExtraLearnersMixin:
-    """``learner: nadam`` (torch.optim.NAdam); every other learner is RecBole's."""
-
-    def _build_optimizer(self, **kwargs):
-        if kwargs.get("learner", self.learner).lower() != "nadam":
-            return super()._build_optimizer(**kwargs)
-        return torch.optim.NAdam(
-            kwargs.get("params", self.model.parameters()),
-            lr=kwargs.get("learning_rate", self.learning_rate),
-            weight_decay=kwargs.get("weight_decay", self.weight_decay),
-        )
-
-
-class _AnyDeviceDistributedMixin:
-    """RecBole wraps the model in DistributedDataParallel with CUDA device ids, which CPU (gloo)
-    refuses; wrap it for the model's device instead. Buffers are not broadcast at every step:
-    the only ones of this package's models are the item feature tables, identical on every rank."""
-
-    def __init__(self, config, model):
-        distributed = not config["single_spec"]
-        config["single_spec"] = True
-        try:
-            super().__init__(config, model)
-        finally:
-            config["single_spec"] = not distributed
-        if distributed:
-            on_cuda = config["device"].type == "cuda"
-            # Non-persistent buffers (item feature tables) are built from the same data on every
-            # rank: broadcasting them would write into, hence copy, memory-mapped tables.
-            persistent = model.state_dict()
-            derived = [name for name, _ in model.named_buffers() if name not in persistent]
-            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, derived)
-            self.distributed_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[config["local_rank"]] if on_cuda else None, broadcast_buffers=False
-            )
-
-
-_COMPATIBLE_TRAINERS: dict[type, type] = {}
-
-
-def compatible_trainer(trainer_class: type) -> type:
-    """``trainer_class`` with checkpoint reloads that work under torch >= 2.6, NAdam, distributed
-    training on CPU, and :mod:`recbole_mmm4rec.training`'s ``accumulation_steps`` and
-    ``weight_decay_exempt``.
-
-    Trainers outside RecBole's ``Trainer`` hierarchy (decision trees, traditional models) do not
-    reload torch checkpoints and are returned unchanged.
-    """
-    from recbole.trainer import Trainer
-
-    from recbole_mmm4rec.training import AccumulatingTrainer, WeightDecayExemptionMixin
-
-    if not issubclass(trainer_class, Trainer):
-        return trainer_class
-    if trainer_class not in _COMPATIBLE_TRAINERS:
-        # AccumulatingTrainer, a Trainer subclass listed after trainer_class, lands directly above
-        # RecBole's Trainer in the MRO: the super()._train_epoch calls of RecBole's subclasses reach it.
-        # The exemption comes before NAdam, which reads the parameter groups it builds.
-        trainers = (AccumulatingTrainer,) if trainer_class is Trainer else (trainer_class, AccumulatingTrainer)
-        _COMPATIBLE_TRAINERS[trainer_class] = type(
-            trainer_class.__name__,
-            (_CheckpointReloadMixin, WeightDecayExemptionMixin, _ExtraLearnersMixin, _AnyDeviceDistributedMixin, *trainers),
-            {},
-        )
-    return _COMPATIBLE_TRAINERS[trainer_class]
