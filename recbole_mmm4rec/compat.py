@@ -1,7 +1,11 @@
 """The few narrow fixes RecBole 1.2.1 needs on current PyTorch.
 
 Nothing here requires the user to set environment variables. The only global state touched is
-RecBole's own: the anomaly mode its import sets, and its list of dataset arguments.
+RecBole's own: the anomaly mode its import sets, its list of dataset arguments, and the two
+functions through which its ``data_preparation`` reads and writes saved dataloaders. What else
+this package changes, it changes in subclasses: the trainers (:mod:`recbole_mmm4rec.trainer`),
+and the dataset classes, which check atomic files and keep exact timestamps
+(:mod:`recbole_mmm4rec.data.recbole_datasets`).
 
 1. ``recbole.model.sequential_recommender.sine`` calls ``torch.autograd.set_detect_anomaly(True)``
    at import time, slowing every model's training (1.3x measured on SASRec here).
@@ -26,11 +30,6 @@ RecBole's own: the anomaly mode its import sets, and its list of dataset argumen
 3. RecBole reuses a saved dataset or saved dataloaders when the keys in its
    ``dataset_arguments`` list are unchanged; :func:`register_dataset_arguments` adds this
    package's dataset keys to that list, so changing them rebuilds instead of reusing stale data.
-4. RecBole stores FLOAT fields as float32, which rounds Unix timestamps to ~64 s, so sorting by
-   time reorders interactions less than a minute apart, differently from exact times.
-   :func:`keep_exact_time` keeps the time field of every sequential dataset (RecBole's and this
-   package's) in float64: every sequential model, built-in or plugin, sees the same interaction
-   order, hence the same split, and time-aware models see exact gaps.
 """
 from __future__ import annotations
 
@@ -121,66 +120,6 @@ def import_recbole_models() -> None:
             # matters to someone who asks for those models, and RecBole says so then.
             continue
     torch.autograd.set_detect_anomaly(anomaly_was_enabled)
-
-
-def keep_exact_time() -> None:
-    """Make :class:`recbole.data.dataset.SequentialDataset` and its subclasses keep the time
-    field in float64 (unless it is a ``numerical_features`` field, which models embed)."""
-    import numpy as np
-    from recbole.data.dataset import Dataset, SequentialDataset
-    from recbole.utils import FeatureType
-
-    def _dataframe_to_interaction(self, data):
-        interaction = Dataset._dataframe_to_interaction(self, data)
-        if (
-            self.time_field in data
-            and self.field2type[self.time_field] == FeatureType.FLOAT
-            and self.time_field not in self.config["numerical_features"]
-        ):
-            interaction.interaction[self.time_field] = torch.from_numpy(data[self.time_field].to_numpy(dtype=np.float64))
-        return interaction
-
-    SequentialDataset._dataframe_to_interaction = _dataframe_to_interaction
-
-
-def check_atomic_files() -> None:
-    """Make every RecBole dataset class check its atomic files as it reads them and refuse a
-    dataset without a training sample (:mod:`recbole_mmm4rec.data.atomic_checks`): RecBole
-    otherwise fills a blank timestamp with the mean, reads a row with extra fields shifted, turns
-    floats beyond float32 into inf, and fails without naming the file on an empty one."""
-    from recbole.data.dataset import Dataset, SequentialDataset
-    from recbole.utils import FeatureSource, FeatureType
-
-    from recbole_mmm4rec.data import atomic_checks
-
-    load_feat, build = Dataset._load_feat, Dataset.build
-
-    def _load_feat(self, filepath, source):
-        atomic_checks.check_header_and_rows(filepath, self.config["field_separator"], self.config["encoding"])
-        frame = load_feat(self, filepath, source)
-        if source == FeatureSource.INTERACTION:
-            required = {"USER_ID_FIELD": self.uid_field, "ITEM_ID_FIELD": self.iid_field}
-            if isinstance(self, SequentialDataset):  # sequences are ordered by time
-                required["TIME_FIELD"] = self.time_field
-            atomic_checks.check_interaction_columns(filepath, frame, required)
-        if frame is not None:
-            floats = [f for f in frame if self.field2type.get(f) in (FeatureType.FLOAT, FeatureType.FLOAT_SEQ)]
-            exact_time = isinstance(self, SequentialDataset) and self.time_field not in (self.config["numerical_features"] or [])
-            atomic_checks.check_loaded_feature(
-                filepath, frame, floats, [self.time_field] if exact_time else [],
-                self.time_field if source == FeatureSource.INTERACTION else None,
-            )
-        return frame
-
-    def _build(self):
-        # Interactions per user before SequentialDataset.build turns them into samples.
-        per_user = numpy.bincount(numpy.asarray(self.inter_feat[self.uid_field])) if self.uid_field else None
-        splits = build(self)
-        atomic_checks.check_training_samples(self.dataset_name, splits, per_user)
-        return splits
-
-    Dataset._load_feat = _load_feat
-    Dataset.build = _build
 
 
 def register_dataset_arguments(keys: list[str]) -> None:

@@ -27,6 +27,7 @@ from recbole.utils import (
 from recbole_mmm4rec import compat, registry, saved_data
 from recbole_mmm4rec.config import PluginConfig
 from recbole_mmm4rec.data.features import default_mode
+from recbole_mmm4rec.data.recbole_datasets import plugin_dataset_class
 from recbole_mmm4rec.data.sequence import WindowTrainDataLoader, train_mode
 from recbole_mmm4rec.history import EpochCallback
 from recbole_mmm4rec.model.transfer import TransferError, freeze_parameters, load_transferable
@@ -106,7 +107,10 @@ def recbole_dataset_class(config: Config) -> type:
 
 
 def create_dataset(config: Config) -> Dataset:
-    """The dataset class of a plugin model, else RecBole's choice for the model.
+    """The dataset class of a plugin model, else RecBole's choice for the model; one of RecBole's
+    classes is replaced by its plugin counterpart
+    (:func:`~recbole_mmm4rec.data.recbole_datasets.plugin_dataset_class`), which checks the
+    atomic files and keeps exact timestamps.
 
     Built-in models' datasets go through the same path as plugin models' (not RecBole's
     ``create_dataset``, which unpickles any saved file with plain pickle): a saved dataset is
@@ -115,14 +119,13 @@ def create_dataset(config: Config) -> Dataset:
     """
     ensure_dataset_files(config)
     plugin = registry.get_plugin(config["model"])
-    if plugin is not None:
-        return saved_data.load_or_build_dataset(config, plugin.dataset_class)
-    if config["modalities"]:
+    if plugin is None and config["modalities"]:
         getLogger().warning(
             f"{config['model']} is a RecBole built-in model: it trains on the interactions "
             f"only; modalities {config['modalities']} are not loaded (plugin models use them)"
         )
-    return saved_data.load_or_build_dataset(config, recbole_dataset_class(config))
+    dataset_class = plugin.dataset_class if plugin is not None else recbole_dataset_class(config)
+    return saved_data.load_or_build_dataset(config, plugin_dataset_class(dataset_class))
 
 
 def training_loader(config: Config, train_dataset, shuffle: bool):
