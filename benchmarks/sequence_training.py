@@ -146,8 +146,9 @@ def measure_memory(mode: str, length: int) -> dict:
 def measure_pretrain(sizes: str, batches: int) -> dict:
     import torch
 
-    from recbole_mmm4rec.pretrain import pretrain_trainer, prepare_domains
+    from recbole_mmm4rec.pretrain import checkpoint_pattern, prepare_domains
     from recbole_mmm4rec.quick_start import build_model_and_trainer, create_dataset, training_loader
+    from recbole_mmm4rec.trainer import ResumablePretrainTrainer
 
     torch.set_num_threads(1)
     config = _config("MMM4Rec", "ml-1m-mm", "sequence", sizes, 20, pretrain=True)
@@ -155,7 +156,7 @@ def measure_pretrain(sizes: str, batches: int) -> dict:
     train = create_dataset(config).build()[0]
     train_data = training_loader(config, train, shuffle=True)
     model, _ = build_model_and_trainer(config, train_data)
-    trainer = pretrain_trainer(config)(config, model)
+    trainer = ResumablePretrainTrainer(config, model, checkpoint_pattern(config))
     model.train()
     iterator = iter(train_data)
     seconds, targets = 0.0, 0

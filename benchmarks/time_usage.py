@@ -15,7 +15,8 @@ from typing import Callable
 
 import torch
 
-from recbole_mmm4rec.quick_start import load_data_and_model, trainer_class
+from recbole_mmm4rec.quick_start import load_data_and_model
+from recbole_mmm4rec.trainer import plugin_trainer_class
 
 DAY = 86400
 # Replacement histories' timestamps, from the real (b, l) ones; RecBole's are in seconds.
@@ -70,7 +71,7 @@ def main() -> int:
         model.eval()
         changes, gaps = user_vector_changes_and_gaps(model, valid_data, config["device"])
         spread = f"{(gaps < 3600).double().mean():.1%}, {(gaps < DAY).double().mean():.1%}, {gaps.median():.0f} s"
-        trainer = trainer_class(config)(config, model)
+        trainer = plugin_trainer_class(config)(config, model)
         for name in ("real", *REPLACEMENTS):
             if name != "real":
                 with_timestamps(model, REPLACEMENTS[name])

@@ -4,7 +4,7 @@
 
 MMM4Rec at the demo sizes (properties/quick_start/demo.yaml) on ml-100k-mm, from scratch, with
 weight decay ``--weight_decay`` (the paper's 5e-3) on every parameter, and with
-``weight_decay_exempt: True`` (see recbole_mmm4rec/training.py for the rule). Both runs use the
+``weight_decay_exempt: True`` (see recbole_mmm4rec/trainer.py for the rule). Both runs use the
 same seed, hence the same initial weights, split and batch order, and train ``--epochs`` epochs
 without early stopping, validated after each. Further ``--key=value`` arguments go to both runs
 (e.g. ``--learning_rate=0.0001``). Writes validation NDCG@10 per epoch into BENCHMARKS.md and the

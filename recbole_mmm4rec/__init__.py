@@ -12,8 +12,6 @@ __version__ = "0.1.0"
 # import RecBole's models now and undo it, so it never slows training.
 compat.import_recbole_models()
 compat.register_dataset_arguments(DATASET_KEYS)
-compat.keep_exact_time()
-compat.check_atomic_files()
 compat.route_saved_dataloaders()
 
 __all__ = [

@@ -1,7 +1,11 @@
 """The few narrow fixes RecBole 1.2.1 needs on current PyTorch.
 
 Nothing here requires the user to set environment variables. The only global state touched is
-RecBole's own: the anomaly mode its import sets, and its list of dataset arguments.
+RecBole's own: the anomaly mode its import sets, its list of dataset arguments, and the two
+functions through which its ``data_preparation`` reads and writes saved dataloaders. What else
+this package changes, it changes in subclasses: the trainers (:mod:`recbole_mmm4rec.trainer`),
+and the dataset classes, which check atomic files and keep exact timestamps
+(:mod:`recbole_mmm4rec.data.recbole_datasets`).
 
 1. ``recbole.model.sequential_recommender.sine`` calls ``torch.autograd.set_detect_anomaly(True)``
    at import time, slowing every model's training (1.3x measured on SASRec here).
@@ -20,20 +24,12 @@ RecBole's own: the anomaly mode its import sets, and its list of dataset argumen
    allow-listed globals cannot replace it: it calls any allow-listed class through REDUCE (so
    allowing ``Config`` would let a file run ``Config.__init__``), takes no module-wide
    allow-list (RecBole has hundreds of classes), and reads no plain pickle.
-   :func:`compatible_trainer` gives RecBole trainer classes whose checkpoint reloads use it;
+   The plugin trainers (:mod:`recbole_mmm4rec.trainer`) reload checkpoints through it;
    :func:`route_saved_dataloaders` makes RecBole's ``data_preparation`` load saved dataloaders
    through it (:mod:`recbole_mmm4rec.saved_data`).
 3. RecBole reuses a saved dataset or saved dataloaders when the keys in its
    ``dataset_arguments`` list are unchanged; :func:`register_dataset_arguments` adds this
    package's dataset keys to that list, so changing them rebuilds instead of reusing stale data.
-4. RecBole's trainer knows adam, adamw, sgd, adagrad, rmsprop and sparse_adam, and falls back
-   to Adam without weight decay (with a warning) for any other ``learner``;
-   :func:`compatible_trainer` adds ``nadam``, the optimiser MMM4Rec's paper trains with.
-5. RecBole stores FLOAT fields as float32, which rounds Unix timestamps to ~64 s, so sorting by
-   time reorders interactions less than a minute apart, differently from exact times.
-   :func:`keep_exact_time` keeps the time field of every sequential dataset (RecBole's and this
-   package's) in float64: every sequential model, built-in or plugin, sees the same interaction
-   order, hence the same split, and time-aware models see exact gaps.
 """
 from __future__ import annotations
 
@@ -124,66 +120,6 @@ def import_recbole_models() -> None:
             # matters to someone who asks for those models, and RecBole says so then.
             continue
     torch.autograd.set_detect_anomaly(anomaly_was_enabled)
-
-
-def keep_exact_time() -> None:
-    """Make :class:`recbole.data.dataset.SequentialDataset` and its subclasses keep the time
-    field in float64 (unless it is a ``numerical_features`` field, which models embed)."""
-    import numpy as np
-    from recbole.data.dataset import Dataset, SequentialDataset
-    from recbole.utils import FeatureType
-
-    def _dataframe_to_interaction(self, data):
-        interaction = Dataset._dataframe_to_interaction(self, data)
-        if (
-            self.time_field in data
-            and self.field2type[self.time_field] == FeatureType.FLOAT
-            and self.time_field not in self.config["numerical_features"]
-        ):
-            interaction.interaction[self.time_field] = torch.from_numpy(data[self.time_field].to_numpy(dtype=np.float64))
-        return interaction
-
-    SequentialDataset._dataframe_to_interaction = _dataframe_to_interaction
-
-
-def check_atomic_files() -> None:
-    """Make every RecBole dataset class check its atomic files as it reads them and refuse a
-    dataset without a training sample (:mod:`recbole_mmm4rec.data.atomic_checks`): RecBole
-    otherwise fills a blank timestamp with the mean, reads a row with extra fields shifted, turns
-    floats beyond float32 into inf, and fails without naming the file on an empty one."""
-    from recbole.data.dataset import Dataset, SequentialDataset
-    from recbole.utils import FeatureSource, FeatureType
-
-    from recbole_mmm4rec.data import atomic_checks
-
-    load_feat, build = Dataset._load_feat, Dataset.build
-
-    def _load_feat(self, filepath, source):
-        atomic_checks.check_header_and_rows(filepath, self.config["field_separator"], self.config["encoding"])
-        frame = load_feat(self, filepath, source)
-        if source == FeatureSource.INTERACTION:
-            required = {"USER_ID_FIELD": self.uid_field, "ITEM_ID_FIELD": self.iid_field}
-            if isinstance(self, SequentialDataset):  # sequences are ordered by time
-                required["TIME_FIELD"] = self.time_field
-            atomic_checks.check_interaction_columns(filepath, frame, required)
-        if frame is not None:
-            floats = [f for f in frame if self.field2type.get(f) in (FeatureType.FLOAT, FeatureType.FLOAT_SEQ)]
-            exact_time = isinstance(self, SequentialDataset) and self.time_field not in (self.config["numerical_features"] or [])
-            atomic_checks.check_loaded_feature(
-                filepath, frame, floats, [self.time_field] if exact_time else [],
-                self.time_field if source == FeatureSource.INTERACTION else None,
-            )
-        return frame
-
-    def _build(self):
-        # Interactions per user before SequentialDataset.build turns them into samples.
-        per_user = numpy.bincount(numpy.asarray(self.inter_feat[self.uid_field])) if self.uid_field else None
-        splits = build(self)
-        atomic_checks.check_training_samples(self.dataset_name, splits, per_user)
-        return splits
-
-    Dataset._load_feat = _load_feat
-    Dataset.build = _build
 
 
 def register_dataset_arguments(keys: list[str]) -> None:
@@ -392,106 +328,3 @@ def restore_model_state(model: torch.nn.Module, checkpoint: dict) -> None:
     """Put a checkpoint's weights and RecBole ``other_parameter`` into ``model``."""
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
-
-
-class _CheckpointReloadMixin:
-    """Routes RecBole's two checkpoint reads (best-model reload, resume) through load_checkpoint."""
-
-    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        if load_best_model and eval_data:
-            checkpoint_file = model_file or self.saved_model_file
-            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device, trust=trusts_files(self.config))
-            restore_model_state(self.model, checkpoint)
-            self.logger.info(
-                f"Loading model structure and parameters from {checkpoint_file}"
-            )
-        return super().evaluate(
-            eval_data, load_best_model=False, show_progress=show_progress
-        )
-
-    def resume_checkpoint(self, resume_file):
-        """RecBole's resume, through :func:`load_checkpoint`; returns the checkpoint read."""
-        resume_file = str(resume_file)
-        checkpoint = load_checkpoint(resume_file, map_location=self.device, trust=trusts_files(self.config))
-        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
-            self.logger.warning(
-                f"{resume_file} was saved by model {checkpoint['config']['model']}, but this run "
-                f"trains {self.config['model']}; loading its state_dict may fail."
-            )
-        self.saved_model_file = resume_file
-        self.start_epoch = checkpoint["epoch"] + 1
-        self.cur_step = checkpoint["cur_step"]
-        self.best_valid_score = checkpoint["best_valid_score"]
-        restore_model_state(self.model, checkpoint)
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.logger.info(
-            f"Checkpoint loaded. Resume training from epoch {self.start_epoch}"
-        )
-        return checkpoint
-
-
-class _ExtraLearnersMixin:
-    """``learner: nadam`` (torch.optim.NAdam); every other learner is RecBole's."""
-
-    def _build_optimizer(self, **kwargs):
-        if kwargs.get("learner", self.learner).lower() != "nadam":
-            return super()._build_optimizer(**kwargs)
-        return torch.optim.NAdam(
-            kwargs.get("params", self.model.parameters()),
-            lr=kwargs.get("learning_rate", self.learning_rate),
-            weight_decay=kwargs.get("weight_decay", self.weight_decay),
-        )
-
-
-class _AnyDeviceDistributedMixin:
-    """RecBole wraps the model in DistributedDataParallel with CUDA device ids, which CPU (gloo)
-    refuses; wrap it for the model's device instead. Buffers are not broadcast at every step:
-    the only ones of this package's models are the item feature tables, identical on every rank."""
-
-    def __init__(self, config, model):
-        distributed = not config["single_spec"]
-        config["single_spec"] = True
-        try:
-            super().__init__(config, model)
-        finally:
-            config["single_spec"] = not distributed
-        if distributed:
-            on_cuda = config["device"].type == "cuda"
-            # Non-persistent buffers (item feature tables) are built from the same data on every
-            # rank: broadcasting them would write into, hence copy, memory-mapped tables.
-            persistent = model.state_dict()
-            derived = [name for name, _ in model.named_buffers() if name not in persistent]
-            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, derived)
-            self.distributed_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[config["local_rank"]] if on_cuda else None, broadcast_buffers=False
-            )
-
-
-_COMPATIBLE_TRAINERS: dict[type, type] = {}
-
-
-def compatible_trainer(trainer_class: type) -> type:
-    """``trainer_class`` with checkpoint reloads that work under torch >= 2.6, NAdam, distributed
-    training on CPU, and :mod:`recbole_mmm4rec.training`'s ``accumulation_steps`` and
-    ``weight_decay_exempt``.
-
-    Trainers outside RecBole's ``Trainer`` hierarchy (decision trees, traditional models) do not
-    reload torch checkpoints and are returned unchanged.
-    """
-    from recbole.trainer import Trainer
-
-    from recbole_mmm4rec.training import AccumulatingTrainer, WeightDecayExemptionMixin
-
-    if not issubclass(trainer_class, Trainer):
-        return trainer_class
-    if trainer_class not in _COMPATIBLE_TRAINERS:
-        # AccumulatingTrainer, a Trainer subclass listed after trainer_class, lands directly above
-        # RecBole's Trainer in the MRO: the super()._train_epoch calls of RecBole's subclasses reach it.
-        # The exemption comes before NAdam, which reads the parameter groups it builds.
-        trainers = (AccumulatingTrainer,) if trainer_class is Trainer else (trainer_class, AccumulatingTrainer)
-        _COMPATIBLE_TRAINERS[trainer_class] = type(
-            trainer_class.__name__,
-            (_CheckpointReloadMixin, WeightDecayExemptionMixin, _ExtraLearnersMixin, _AnyDeviceDistributedMixin, *trainers),
-            {},
-        )
-    return _COMPATIBLE_TRAINERS[trainer_class]

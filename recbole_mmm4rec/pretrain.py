@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import glob
 import os
-import random
 import re
 import time
 from logging import getLogger
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import yaml
 from recbole.utils import set_color
 
 from recbole_mmm4rec import compat, registry
 from recbole_mmm4rec.config import PluginConfig, settings_hash
-from recbole_mmm4rec.data.features import atomic_replace
 from recbole_mmm4rec.history import EpochCallback
 from recbole_mmm4rec.quick_start import (
     build_dataset_folder,
@@ -42,9 +39,9 @@ from recbole_mmm4rec.quick_start import (
     ensure_dataset_folder,
     prepare_model,
     start_run,
-    trainer_class,
     training_loader,
 )
+from recbole_mmm4rec.trainer import ResumablePretrainTrainer
 
 DOMAIN_JOIN = "+"
 # Every interaction is a training sample: one split holding everything.
@@ -122,77 +119,6 @@ def latest_checkpoint(config: PluginConfig) -> str | None:
     return next(iter(saved_checkpoints(config)), None)
 
 
-def random_state(shuffle_generator: torch.Generator) -> dict[str, Any]:
-    """Every random state a training epoch draws from: torch's (dropout), numpy's and Python's
-    (RecBole's samplers), CUDA's, and the generator the training data shuffles with."""
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-        "shuffle": shuffle_generator.get_state(),
-    }
-
-
-def restore_random_state(state: dict[str, Any], shuffle_generator: torch.Generator) -> None:
-    """Put back the states :func:`random_state` saved (CUDA's only on a CUDA machine)."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    shuffle_generator.set_state(state["shuffle"])
-
-
-class _PretrainCheckpointMixin:
-    """RecBole's trainer without validation, saving numbered checkpoints atomically, with the
-    random state that lets a resumed run continue as if never interrupted."""
-
-    def __init__(self, config, model):
-        super().__init__(config, model)
-        self.save_step = max(1, int(config["save_step"] or 1))
-        self.checkpoint_pattern = checkpoint_pattern(config)
-        self.shuffle_generator: torch.Generator | None = None
-        self.resumed_random_state: dict[str, Any] | None = None
-
-    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        self.shuffle_generator = train_data.generator
-        # Restored here, after everything between resuming and training that draws numbers
-        # (the model's initialisation, RecBole's setup), as the uninterrupted run stood.
-        if self.resumed_random_state is not None:
-            restore_random_state(self.resumed_random_state, self.shuffle_generator)
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-
-    def resume_checkpoint(self, resume_file):
-        checkpoint = super().resume_checkpoint(resume_file)
-        # Only rank 0 saves: in a distributed run the other ranks' states are not in the file.
-        if self.config["single_spec"]:
-            self.resumed_random_state = checkpoint.get("random_state")
-
-    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        done = epoch + 1
-        if done == 0 or (done % self.save_step and done != self.epochs):
-            return
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
-            return
-        self.saved_model_file = self.checkpoint_pattern.format(done)
-        # RecBole's checkpoint (Trainer._save_checkpoint) plus the random state, written to a
-        # temporary file that is renamed when complete.
-        state = {
-            "config": self.config,
-            "epoch": epoch,
-            "cur_step": self.cur_step,
-            "best_valid_score": self.best_valid_score,
-            "state_dict": self.model.state_dict(),
-            "other_parameter": self.model.other_parameter(),
-            "optimizer": self.optimizer.state_dict(),
-            "random_state": random_state(self.shuffle_generator),
-        }
-        atomic_replace(self.saved_model_file, lambda temporary: torch.save(state, temporary, pickle_protocol=4))
-        if verbose:
-            self.logger.info(set_color("Saving checkpoint", "blue") + f": {self.saved_model_file}")
-
-
 def resume_from_intact(trainer, checkpoints: Sequence[str]) -> str | None:
     """Resume ``trainer`` from the first of ``checkpoints`` that can be read; an unreadable one
     is skipped with a warning (a refused one, which may be hostile, is still an error)."""
@@ -204,11 +130,6 @@ def resume_from_intact(trainer, checkpoints: Sequence[str]) -> str | None:
             continue
         return file
     return None
-
-
-def pretrain_trainer(config: PluginConfig) -> type:
-    base = trainer_class(config)
-    return type(f"Pretrain{base.__name__}", (_PretrainCheckpointMixin, base), {})
 
 
 def pretrain_config(
@@ -261,8 +182,7 @@ def run_pretrain(
     model, _ = build_model_and_trainer(config, train_data)
     prepare_model(model, config)
     logger.info(model)
-    trainer = pretrain_trainer(config)(config, model)
-    trainer.epoch_callback = epoch_callback
+    trainer = ResumablePretrainTrainer(config, model, checkpoint_pattern(config), epoch_callback=epoch_callback)
     resumed_from = resume_from_intact(trainer, saved_checkpoints(config)) if config["resume"] is not False else None
     started = time.perf_counter()
     first_epoch = trainer.start_epoch

@@ -21,7 +21,6 @@ from recbole.utils import (
     calculate_valid_score,
     get_environment,
     get_flops,
-    get_trainer,
     init_seed,
     set_color,
 )
@@ -29,10 +28,12 @@ from recbole.utils import (
 from recbole_mmm4rec import compat, registry, saved_data
 from recbole_mmm4rec.config import PluginConfig
 from recbole_mmm4rec.data.features import default_mode
+from recbole_mmm4rec.data.recbole_datasets import plugin_dataset_class
 from recbole_mmm4rec.data.sequence import WindowTrainDataLoader, train_mode
-from recbole_mmm4rec.history import EpochCallback, recording_trainer
+from recbole_mmm4rec.history import EpochCallback
 from recbole_mmm4rec.model.transfer import TransferError, freeze_parameters, load_transferable
 from recbole_mmm4rec.run_logging import init_run_logger
+from recbole_mmm4rec.trainer import PluginTrainerMixin, plugin_trainer_class
 
 
 def ensure_dataset_files(config: Config) -> None:
@@ -107,7 +108,10 @@ def recbole_dataset_class(config: Config) -> type:
 
 
 def create_dataset(config: Config) -> Dataset:
-    """The dataset class of a plugin model, else RecBole's choice for the model.
+    """The dataset class of a plugin model, else RecBole's choice for the model; one of RecBole's
+    classes is replaced by its plugin counterpart
+    (:func:`~recbole_mmm4rec.data.recbole_datasets.plugin_dataset_class`), which checks the
+    atomic files and keeps exact timestamps.
 
     Built-in models' datasets go through the same path as plugin models' (not RecBole's
     ``create_dataset``, which unpickles any saved file with plain pickle): a saved dataset is
@@ -116,20 +120,13 @@ def create_dataset(config: Config) -> Dataset:
     """
     ensure_dataset_files(config)
     plugin = registry.get_plugin(config["model"])
-    if plugin is not None:
-        return saved_data.load_or_build_dataset(config, plugin.dataset_class)
-    if config["modalities"]:
+    if plugin is None and config["modalities"]:
         getLogger().warning(
             f"{config['model']} is a RecBole built-in model: it trains on the interactions "
             f"only; modalities {config['modalities']} are not loaded (plugin models use them)"
         )
-    return saved_data.load_or_build_dataset(config, recbole_dataset_class(config))
-
-
-def trainer_class(config: Config) -> type:
-    """RecBole's trainer class for the config's model, with this package's checkpoint loading and
-    per-epoch records."""
-    return recording_trainer(compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"])))
+    dataset_class = plugin.dataset_class if plugin is not None else recbole_dataset_class(config)
+    return saved_data.load_or_build_dataset(config, plugin_dataset_class(dataset_class))
 
 
 def training_loader(config: Config, train_dataset, shuffle: bool):
@@ -152,7 +149,8 @@ def prepare_data(config: Config, dataset: Dataset) -> tuple:
 
 
 def build_model_and_trainer(config: Config, train_data) -> tuple[torch.nn.Module, type]:
-    """The seeded model on its device, and its :func:`trainer_class`."""
+    """The seeded model on its device, and its
+    :func:`~recbole_mmm4rec.trainer.plugin_trainer_class`."""
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     if train_mode(config) == "sequence" and not getattr(config.model_class, "SEQUENCE_TRAINING", False):
         raise ValueError(
@@ -161,7 +159,7 @@ def build_model_and_trainer(config: Config, train_data) -> tuple[torch.nn.Module
         )
     # The class the config resolved: a registered plugin, a RecBole model, or a class passed in.
     model = config.model_class(config, train_data._dataset).to(config["device"])
-    return model, trainer_class(config)
+    return model, plugin_trainer_class(config)
 
 
 def load_pretrained(model: torch.nn.Module, checkpoint_file: str, trust: bool = False) -> str:
@@ -292,8 +290,10 @@ def run_recbole(
     flops = get_flops(model, test_data._dataset, config["device"], logger, transform)
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
-    trainer = trainer_class(config, model)
-    trainer.epoch_callback = epoch_callback
+    if issubclass(trainer_class, PluginTrainerMixin):
+        trainer = trainer_class(config, model, epoch_callback=epoch_callback)
+    else:  # decision trees: no epochs to report
+        trainer = trainer_class(config, model)
     started = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]

@@ -1,4 +1,4 @@
-"""``accumulation_steps`` and ``weight_decay_exempt`` (recbole_mmm4rec.training) on the trainers
+"""``accumulation_steps`` and ``weight_decay_exempt`` (recbole_mmm4rec.trainer) on the trainers
 this package hands out, for a plugin model (MMM4Rec) and a RecBole built-in one (SASRec)."""
 from __future__ import annotations
 
@@ -10,12 +10,17 @@ import pytest
 import torch
 from recbole.model.sequential_recommender import SASRec
 from recbole.trainer import Trainer
-from recbole.utils import get_trainer
 
-from recbole_mmm4rec import PluginConfig, compat
+from recbole_mmm4rec import PluginConfig
 from recbole_mmm4rec.model import MMM4Rec
 from recbole_mmm4rec.pretrain import pretrain_config
-from recbole_mmm4rec.training import accumulation_steps, exempt_from_weight_decay
+from recbole_mmm4rec.trainer import (
+    AccumulatingTrainer,
+    PluginTrainerMixin,
+    accumulation_steps,
+    exempt_from_weight_decay,
+    plugin_trainer_class,
+)
 from tests.conftest import SMALL_MMM4REC, SUBSET_NAME, config_overrides, model_with_overrides, prepare, subset_config, subset_config_dict
 
 # Plain SGD: an update is the gradient times the learning rate, so equal updates mean equal gradients.
@@ -47,7 +52,7 @@ def _model(prepared, dtype=torch.float32):
 def _trainer(prepared, model, trainer_class=None, **settings):
     """The trainer this package hands out for ``prepared``'s model (or ``trainer_class``), with settings."""
     config = prepared[0]
-    trainer_class = trainer_class or compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"]))
+    trainer_class = trainer_class or plugin_trainer_class(config)
     with config_overrides(config, **settings):
         return trainer_class(config, model)
 
@@ -156,9 +161,13 @@ class OwnLoopTrainer(Trainer):
         return loss.item()
 
 
+class PluginOwnLoopTrainer(PluginTrainerMixin, OwnLoopTrainer, AccumulatingTrainer):
+    """OwnLoopTrainer as a plugin trainer, as PluginNCLTrainer is NCLTrainer."""
+
+
 def test_a_trainer_with_its_own_loop_refuses_accumulation(sasrec):
     batches = _cut(next(iter(sasrec[2])), [8, 8])
-    own_loop = compat.compatible_trainer(OwnLoopTrainer)
+    own_loop = PluginOwnLoopTrainer
     model = _model(sasrec)
     before = copy.deepcopy(model)
     with pytest.raises(ValueError, match="OwnLoopTrainer trains with a batch loop of its own.*accumulation_steps must be 1 for it, found 2"):

@@ -12,8 +12,9 @@ import torch
 import yaml
 
 import recbole_mmm4rec
-from recbole_mmm4rec import compat, load_data_and_model, run_recbole
+from recbole_mmm4rec import load_data_and_model, run_recbole
 from recbole_mmm4rec.cli import build_parser
+from recbole_mmm4rec.trainer import plugin_trainer_class
 from tests.conftest import SUBSET_NAME, subset_config_dict
 
 RUN_RECBOLE = os.path.join(os.path.dirname(sys.executable), "run_recbole")
@@ -26,9 +27,7 @@ def parse_table(stdout: str, title: str) -> dict[str, float]:
 
 def reloaded_trainer(checkpoint: str):
     config, model, _, _, _, test_data = load_data_and_model(checkpoint)
-    from recbole.utils import get_trainer
-
-    trainer = compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"]))(config, model)
+    trainer = plugin_trainer_class(config)(config, model)
     return trainer, test_data
 
 

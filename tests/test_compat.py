@@ -1,4 +1,5 @@
-"""The narrow RecBole fixes: anomaly mode, checkpoint loading, sys.argv, CE sampling default."""
+"""The narrow RecBole fixes: anomaly mode, checkpoint loading, sys.argv, CE sampling default; importing
+the package leaves RecBole's dataset classes alone."""
 from __future__ import annotations
 
 import pathlib
@@ -13,6 +14,12 @@ from recbole_mmm4rec import PluginConfig, compat
 from tests.conftest import SUBSET_NAME, subset_config_dict
 
 
+def _last_line_printed(code: str) -> str:
+    """The last line ``code`` prints in a fresh interpreter."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
 def test_importing_recbole_models_leaves_anomaly_detection_off():
     code = (
         "import torch, recbole_mmm4rec\n"
@@ -20,8 +27,19 @@ def test_importing_recbole_models_leaves_anomaly_detection_off():
         "from recbole.utils import get_model; get_model('SINE')\n"
         "print(torch.is_anomaly_enabled())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert _last_line_printed(code) == "False"
+
+
+def test_importing_the_package_leaves_recboles_dataset_classes_as_they_are():
+    """The atomic-file checks and exact timestamps live in subclasses, not in RecBole's classes."""
+    code = (
+        "from recbole.data.dataset import Dataset, SequentialDataset\n"
+        "methods = {(cls, name): cls.__dict__.get(name) for cls in (Dataset, SequentialDataset)\n"
+        "           for name in ('_load_feat', 'build', '_dataframe_to_interaction')}\n"
+        "import recbole_mmm4rec\n"
+        "print([f'{cls.__name__}.{name}' for (cls, name), method in methods.items() if cls.__dict__.get(name) is not method])\n"
+    )
+    assert _last_line_printed(code) == "[]"
 
 
 def test_import_recbole_models_keeps_a_mode_the_caller_chose():

@@ -13,7 +13,10 @@ from recbole_mmm4rec.blocks import ItemFeatureTable
 from recbole_mmm4rec.data import (
     FeatureFileError,
     MultiModalSequentialDataset,
+    PluginDatasetMixin,
+    PluginSequentialDataset,
     align_item_features,
+    plugin_dataset_class,
     read_item_features,
     write_item_features,
 )
@@ -85,7 +88,8 @@ def test_timestamp_list_is_exact_history_without_the_target(subset_data_path, tm
 
 def test_recbole_sequential_models_get_the_same_split_as_plugin_models(subset_data_path, tmp_path):
     """RecBole's float32 timestamps would reorder interactions less than ~64 s apart (19 of the
-    subset's 120 test rows differed); compat.keep_exact_time makes both datasets agree."""
+    subset's 120 test rows differed); PluginSequentialDataset keeps exact times, as
+    MultiModalSequentialDataset, so both datasets agree."""
     from recbole.data import data_preparation
 
     from recbole_mmm4rec.quick_start import create_dataset, split_fingerprint
@@ -94,12 +98,28 @@ def test_recbole_sequential_models_get_the_same_split_as_plugin_models(subset_da
     for model in ("MMM4Rec", "SASRec"):
         config = PluginConfig(model=model, dataset=SUBSET_NAME, config_dict=subset_config_dict(subset_data_path, tmp_path))
         dataset = create_dataset(config)
-        assert type(dataset).__name__ == {"MMM4Rec": "MultiModalSequentialDataset", "SASRec": "SequentialDataset"}[model]
+        assert type(dataset).__name__ == {"MMM4Rec": "MultiModalSequentialDataset", "SASRec": "PluginSequentialDataset"}[model]
         train, valid, test = data_preparation(config, dataset)
         assert test._dataset.inter_feat["timestamp_list"].dtype == torch.float64
         splits[model] = [split_fingerprint(data) for data in (train, valid, test)]
     assert splits["MMM4Rec"] == splits["SASRec"]
     assert len(set(splits["SASRec"])) == 3
+
+
+def test_every_recbole_dataset_class_has_a_named_plugin_counterpart():
+    import recbole.data.dataset as recbole_datasets
+
+    from recbole_mmm4rec.data import recbole_datasets as ours
+
+    classes = {name: cls for name, cls in vars(recbole_datasets).items()
+               if isinstance(cls, type) and issubclass(cls, recbole_datasets.Dataset)}
+    assert {"Dataset", "SequentialDataset", "KnowledgeBasedDataset", "KSRDataset"} <= set(classes)
+    for name, recbole_class in classes.items():
+        plugin = plugin_dataset_class(recbole_class)
+        # A module attribute under its own name: pickles of saved datasets find it.
+        assert getattr(ours, f"Plugin{name}") is plugin and plugin.__bases__ == (PluginDatasetMixin, recbole_class)
+    assert plugin_dataset_class(MultiModalSequentialDataset) is MultiModalSequentialDataset
+    assert issubclass(MultiModalSequentialDataset, PluginSequentialDataset)
 
 
 def test_missing_feature_policies(subset_data_path, tmp_path):

@@ -78,7 +78,7 @@ def test_floats_beyond_float32_are_an_error_not_inf(tmp_path, value):
 
 
 def test_exact_timestamps_beyond_float32_are_kept(tmp_path):
-    # The time field of a sequential dataset stays float64 (compat.keep_exact_time)
+    # The time field of a sequential dataset stays float64 (PluginDatasetMixin)
     lines = [f"u{u}\ti{k}\t{1e300 * (k + 1)}" for u in range(3) for k in range(4)]
     _dataset(tmp_path, "bigtime", lines)
     dataset, _ = _load(tmp_path, "bigtime")

@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from recbole.utils import get_trainer
 
-from recbole_mmm4rec import PluginConfig, compat, create_dataset, load_data_and_model, run_recbole
+from recbole_mmm4rec import PluginConfig, create_dataset, load_data_and_model, run_recbole
 from recbole_mmm4rec.blocks import FourierTimeFilter, TimeAwareSSD, TimeModulation
 from recbole_mmm4rec.data.features import FeatureFileError
 from recbole_mmm4rec.model import MMM4Rec, TransferError, load_transferable
+from recbole_mmm4rec.trainer import plugin_trainer_class
 from recbole_mmm4rec.dataset_scripts.synthetic_time import NAME as TIME_GROUPS
 from recbole_mmm4rec.dataset_scripts.synthetic_time import build_time_groups, time_groups_config
 from tests.conftest import (
@@ -305,7 +305,7 @@ def test_trains_with_nadam_and_checkpoint_reload_gives_identical_scores(subset_d
     )
     assert result["test_result"]["ndcg@10"] > 0
     config, model, _, _, _, test_data = load_data_and_model(result["saved_model_file"])
-    trainer = compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"]))(config, model)
+    trainer = plugin_trainer_class(config)(config, model)
     assert config["learner"] == "nadam" and isinstance(trainer.optimizer, torch.optim.NAdam)
     # The reloaded model reproduces the run's own test metrics, and two reloads score alike.
     assert dict(trainer.evaluate(test_data, load_best_model=False)) == dict(result["test_result"])

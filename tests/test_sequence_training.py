@@ -210,7 +210,7 @@ def test_in_batch_loss_over_distinct_items_equals_the_masked_batch_loss():
 
 
 def test_accumulated_sequence_batches_step_as_one_batch(both_modes):
-    from recbole_mmm4rec.quick_start import trainer_class
+    from recbole_mmm4rec.trainer import plugin_trainer_class
     from tests.conftest import config_overrides
 
     config, _, train_data = both_modes["sequence"]
@@ -220,7 +220,7 @@ def test_accumulated_sequence_batches_step_as_one_batch(both_modes):
     whole = model.calculate_loss(train[np.concatenate(parts)])
     expected = torch.autograd.grad(whole, list(model.parameters()), allow_unused=True)
     with config_overrides(config, accumulation_steps=2, learning_rate=1.0, learner="sgd", clip_grad_norm=None):
-        trainer = trainer_class(config)(config, model)
+        trainer = plugin_trainer_class(config)(config, model)
         before = [p.detach().clone() for p in model.parameters()]
         trainer._train_epoch([train[part] for part in parts], 0)
     for grad, old, new in zip(expected, before, model.parameters()):

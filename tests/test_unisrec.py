@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from recbole.utils import get_trainer
 
-from recbole_mmm4rec import PluginConfig, compat, load_data_and_model
+from recbole_mmm4rec import PluginConfig, load_data_and_model
 from recbole_mmm4rec.blocks import MoEAdaptor
 from recbole_mmm4rec.cli import build_parser, run_recbole_main
 from recbole_mmm4rec.model import UniSRec, load_transferable
 from recbole_mmm4rec.model.unisrec import drop_items
 from recbole_mmm4rec.registry import PROPERTIES_DIR
+from recbole_mmm4rec.trainer import plugin_trainer_class
 from tests.conftest import (
     SUBSET_NAME,
     model_with_overrides,
@@ -270,7 +270,7 @@ def test_pretrained_checkpoint_fine_tunes_with_the_key_report_and_frozen_parts(p
     saved_decay = config["weight_decay"]
     config["weight_decay"] = 0.01  # decay would move frozen weights if the optimizer touched them
     try:
-        trainer = compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"]))(config, model)
+        trainer = plugin_trainer_class(config)(config, model)
     finally:
         config["weight_decay"] = saved_decay
     trainer._train_epoch(train_data, epoch_idx=0, show_progress=False)
@@ -322,7 +322,7 @@ def test_one_epoch_through_the_cli_then_reload(subset_data_path, tmp_path, monke
     (checkpoint,) = (tmp_path / "saved").glob("UniSRec-*.pth")
     config, model, _, _, _, test_data = load_data_and_model(str(checkpoint))
     assert isinstance(model, UniSRec) and config["train_stage"] == "transductive_ft" and config["hidden_size"] == 32
-    trainer = compat.compatible_trainer(get_trainer(config["MODEL_TYPE"], config["model"]))(config, model)
+    trainer = plugin_trainer_class(config)(config, model)
     reloaded = dict(trainer.evaluate(test_data, load_best_model=False))
     for metric, value in printed.items():
         assert reloaded[metric] == pytest.approx(value, abs=1e-4)

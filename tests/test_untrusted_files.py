@@ -120,7 +120,7 @@ def test_a_planted_default_saved_dataset_is_refused(subset_data_path, tmp_path, 
     """Without save_dataset too: RecBole reads the default file whenever it exists."""
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "pwned"
-    dataset_class = "SequentialDataset" if model == "SASRec" else "MultiModalSequentialDataset"
+    dataset_class = "PluginSequentialDataset" if model == "SASRec" else "MultiModalSequentialDataset"
     planted = plant(tmp_path / "saved" / f"{SUBSET_NAME}-{dataset_class}.pth", marker)
     settings = subset_config_dict(subset_data_path, tmp_path, **(SMALL_SASREC if model == "SASRec" else {"modalities": ["text"]}))
     with pytest.raises(compat.UntrustedCheckpointError) as error:
@@ -135,12 +135,12 @@ def test_trust_checkpoint_opts_out(subset_data_path, tmp_path):
     """The opt-out (``--trust_checkpoint=True``) unpickles without restriction; what it loaded is
     no dataset, so the dataset is built again."""
     marker = tmp_path / "ran"
-    plant(tmp_path / "saved" / f"{SUBSET_NAME}-SequentialDataset.pth", marker)
+    plant(tmp_path / "saved" / f"{SUBSET_NAME}-PluginSequentialDataset.pth", marker)
     config = PluginConfig(
         model="SASRec", dataset=SUBSET_NAME,
         config_dict=subset_config_dict(subset_data_path, tmp_path), cmd_args=["--trust_checkpoint=True"],
     )
-    assert type(create_dataset(config)).__name__ == "SequentialDataset"
+    assert type(create_dataset(config)).__name__ == "PluginSequentialDataset"
     assert marker.exists()
 
 
@@ -162,7 +162,7 @@ def test_saved_dataset_and_dataloaders_are_reused_by_a_second_run(subset_data_pa
     settings = subset_config_dict(subset_data_path, tmp_path, **SMALL_SASREC, save_dataset=True, save_dataloaders=True)
     first = run_recbole(model="SASRec", dataset=SUBSET_NAME, config_dict=settings)
     saved = sorted(os.listdir(tmp_path / "saved"))
-    assert f"{SUBSET_NAME}-SequentialDataset.pth" in saved and f"{SUBSET_NAME}-for-SASRec-dataloader.pth" in saved
+    assert f"{SUBSET_NAME}-PluginSequentialDataset.pth" in saved and f"{SUBSET_NAME}-for-SASRec-dataloader.pth" in saved
 
     def refuse_to_build(*args, **kwargs):
         raise AssertionError("the dataset was built again")
@@ -318,7 +318,7 @@ def test_damaged_files_only_raise_the_packages_error(sasrec_checkpoint, subset_d
     checkpoint = open(sasrec_checkpoint, "rb").read()
     config = sasrec_config(subset_data_path, tmp_path, save_dataset=True)
     create_dataset(config)
-    dataset = (tmp_path / "saved" / f"{SUBSET_NAME}-SequentialDataset.pth").read_bytes()
+    dataset = (tmp_path / "saved" / f"{SUBSET_NAME}-PluginSequentialDataset.pth").read_bytes()
     cases = [b"", b"\x80", rng.randbytes(64), rng.randbytes(4096)]
     cases += [checkpoint[: rng.randrange(len(checkpoint))] for _ in range(20)]
     cases += [dataset[: rng.randrange(len(dataset))] for _ in range(20)]

@@ -5,7 +5,8 @@ column's mean (which reorders the user's sequence), a row with more fields than 
 read shifted, a float beyond float32's range becomes inf; an empty file, a missing id or time
 column and a dataset without a training sample end in tracebacks that name no file. Each is an
 :class:`AtomicFileError` here, naming the file, the lines or column and what to fix.
-:func:`recbole_mmm4rec.compat.check_atomic_files` runs them for every RecBole dataset class.
+:class:`recbole_mmm4rec.data.recbole_datasets.PluginDatasetMixin` runs them for this package's
+version of every RecBole dataset class, and for :class:`~recbole_mmm4rec.data.MultiModalSequentialDataset`.
 """
 from __future__ import annotations
 

@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import torch
-from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import set_color
 
@@ -16,6 +15,7 @@ from recbole_mmm4rec.data.features import (
     read_item_features,
     tokens_path_for,
 )
+from recbole_mmm4rec.data.recbole_datasets import PluginSequentialDataset
 from recbole_mmm4rec.data.sequence import padded_lists, train_mode, training_windows, window_batch, window_overlap
 
 
@@ -43,8 +43,9 @@ def configured_modalities(config) -> list[str]:
     return list(modalities)
 
 
-class MultiModalSequentialDataset(SequentialDataset):
-    """A :class:`~recbole.data.dataset.SequentialDataset` that attaches item features.
+class MultiModalSequentialDataset(PluginSequentialDataset):
+    """A :class:`~recbole.data.dataset.SequentialDataset` that attaches item features (and checks
+    its atomic files, :class:`~recbole_mmm4rec.data.recbole_datasets.PluginSequentialDataset`).
 
     Config keys (defaults and comments in ``properties/overall.yaml``):
 
@@ -65,7 +66,7 @@ class MultiModalSequentialDataset(SequentialDataset):
       batches, without RecBole's prefix rows in memory. The validation and test splits are
       RecBole's prefix rows either way.
 
-    The time field is float64 (see :func:`recbole_mmm4rec.compat.keep_exact_time`), so that
+    The time field is float64 (see :mod:`recbole_mmm4rec.data.recbole_datasets`), so that
     ``<time>_list`` carries exact timestamps; like every ``*_list`` field of RecBole it holds the
     history only, never the target's time.
     """
