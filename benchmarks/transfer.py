@@ -121,7 +121,8 @@ def choose_pretraining(args) -> tuple[dict, list[dict]]:
                 for name, values in PRETRAIN_CANDIDATES.items()]
     result = run_benchmark(SOURCE, variants, seeds=[FIRST_SEED], config_file_list=[DEMO_YAML],
                            config_dict=PRETRAIN_CHECK_RUN, output_dir=os.path.join(OUTPUT, "pretraining_check"),
-                           runs_dir=RUNS, workers=args.workers, threads_per_run=1, progress=False)
+                           runs_dir=RUNS, workers=args.workers, threads_per_run=1, progress=False,
+                           report_only=args.report_only)
     rows = [{"label": row["label"], "valid_ndcg@10": row["best_valid_score"][0], "epochs_to_best": row["epochs_to_best"][0],
              "s_per_epoch": row["seconds_per_epoch"][0]} for row in result.summary]
     best = max(rows, key=lambda row: row["valid_ndcg@10"])
@@ -164,7 +165,7 @@ def study_target(args, target: str, checkpoints: dict[str, dict[int, str]]) -> d
 
     shared = {"epochs": args.epochs, "stopping_step": 5}
     common = dict(config_file_list=[DEMO_YAML], config_dict=shared, runs_dir=RUNS, workers=args.workers,
-                  threads_per_run=1, progress=False)
+                  threads_per_run=1, progress=False, report_only=args.report_only)
     last = max(args.checkpoints)
     rates = [float(rate) for rate in args.finetune_learning_rates.split(",")]
     first = [variant("Pop", "Pop", {})]
@@ -177,13 +178,15 @@ def study_target(args, target: str, checkpoints: dict[str, dict[int, str]]) -> d
     by_label = {row["label"]: row for row in chosen_run.summary}
     chosen = {}
     for model in MODELS:
-        scores = {rate: by_label[fine_tuned_label(model, last, rate)].get("best_valid_score", (-math.inf,))[0] for rate in rates}
-        chosen[model] = max(scores, key=scores.get)
+        scores = {rate: by_label[fine_tuned_label(model, last, rate)]["best_valid_score"][0]
+                  for rate in rates if "best_valid_score" in by_label[fine_tuned_label(model, last, rate)]}
+        chosen[model] = max(scores, key=scores.get) if len(scores) == len(rates) else None  # None: the grid is not done
     curves = []
     for model in MODELS:
         curves.append(variant(model, scratch_label(model), {}))
-        curves += [variant(model, fine_tuned_label(model, epochs, chosen[model]), {**FINE_TUNING, "learning_rate": chosen[model]},
-                           checkpoints[model][epochs], scratch_label(model)) for epochs in args.checkpoints]
+        if chosen[model] is not None:
+            curves += [variant(model, fine_tuned_label(model, epochs, chosen[model]), {**FINE_TUNING, "learning_rate": chosen[model]},
+                               checkpoints[model][epochs], scratch_label(model)) for epochs in args.checkpoints]
     seeds = [FIRST_SEED + offset for offset in range(args.seeds)]
     curve_run = run_benchmark(target, curves, seeds=seeds, output_dir=os.path.join(OUTPUT, target, "curves"), **common)
     return {"target": target, "chosen_learning_rate": chosen, "first": chosen_run.summary, "curves": curve_run.summary,
@@ -261,7 +264,8 @@ def target_report(study: dict, plot_file: str) -> str:
         f"### Target `{study['target']}`\n\n"
         + markdown_table(columns, rows)
         + "\n\nFine-tuning learning rate (seed 2020, from the last checkpoint; the best validation NDCG@10 chooses: "
-        + ", ".join(f"{model} {rate:g}" for model, rate in study["chosen_learning_rate"].items()) + "):\n\n"
+        + ", ".join(f"{model} {'not yet (grid not finished)' if rate is None else f'{rate:g}'}"
+                    for model, rate in study["chosen_learning_rate"].items()) + "):\n\n"
         + markdown_table(["run", "valid NDCG@10", "epochs to best"], grid)
         + f"\n\n![validation NDCG@10 per epoch]({os.path.relpath(plot_file, ROOT)})\n"
     )
@@ -298,6 +302,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=40, help="epoch limit of every target run (early stopping ends most)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="runs at once, each with one torch thread")
+    parser.add_argument("--report_only", action="store_true",
+                        help="train nothing: write the report of the finished runs (the pre-training must be done)")
     args = parser.parse_args()
     args.checkpoints = sorted(int(epoch) for epoch in args.checkpoints.split(","))
     if max(args.checkpoints) > args.pretrain_epochs:
@@ -305,8 +311,12 @@ def main() -> int:
 
     chosen, check_rows = choose_pretraining(args)
     settings = {"MMM4Rec": chosen, "UniSRec": {**MODEL_SETTINGS["UniSRec"], **UNISREC_PRETRAINING}}
-    pretrain(args, settings)
+    if not args.report_only:
+        pretrain(args, settings)
     checkpoints = {model: checkpoint_files(model, settings[model], args.checkpoints) for model in MODELS}
+    missing = [file for files in checkpoints.values() for file in files.values() if not os.path.isfile(file)]
+    if missing:
+        raise FileNotFoundError(f"pre-training checkpoints missing (run without --report_only first): {missing}")
     results = {"workers": args.workers, "pretraining_check": check_rows, "pretraining": {}, "targets": []}
     for model in MODELS:
         results["pretraining"][model] = {"settings": settings[model], "checkpoints": checkpoints[model],
