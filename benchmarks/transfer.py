@@ -17,12 +17,13 @@ one pre-training epoch costs about 4x more on these 2 cores (BENCHMARKS, sequenc
 2. **Pre-training** (``run_pretrain``, ``train_mode: sequence``, every source interaction) of both
    models for ``--pretrain_epochs``, a checkpoint kept after every epoch. UniSRec: its recipe's
    Adam at 1e-3 with the same 1,024-target batches.
-3. Per target and model, with seed 2020: **zero-shot** (``epochs: 0``) from each of the
+3. Per target and model, with seed 2020 only: **zero-shot** (``epochs: 0``) from each of the
    ``--checkpoints``, without ID (MMM4Rec ``use_item_id: False``; UniSRec ``inductive_ft``);
    RecBole's ``Pop``; and fine-tuning from the last checkpoint at each of the
    ``--finetune_learning_rates``: the best validation NDCG@10 chooses the learning rate.
-4. Per target and model, 3 seeds: **from scratch** and **fine-tuned from each checkpoint** at
-   the chosen learning rate, early stopping on validation NDCG@10.
+4. Per target and model, 3 other seeds (2021-2023, so that no run that chose the learning rate is
+   also one of its measures): **from scratch** and **fine-tuned from each checkpoint** at the
+   chosen learning rate, early stopping on validation NDCG@10.
 
 Every run uses the same split, evaluator and early stopping (``--epochs`` at most, patience 5);
 fine-tuning steps the optimiser once per batch, as from scratch does (see ``FINE_TUNING``).
@@ -35,12 +36,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from typing import Any
 
 from report import HERE, ROOT, machine, markdown_table, replace_section, write_text
+
+from recbole_mmm4rec.benchmark import Variant, execute, ratio_cell, run_benchmark, split_warning, stat_cell
 
 DEMO_YAML = os.path.join(ROOT, "properties", "quick_start", "demo.yaml")
 OUTPUT = os.path.join(HERE, "results", "transfer")
@@ -60,10 +62,12 @@ PRETRAIN_CHECK_RUN = {"epochs": 5, "stopping_step": 5}
 UNISREC_PRETRAINING = {"learning_rate": 0.001, "accumulation_steps": 1, "train_batch_size": 1024}
 # Every model's settings on every dataset of the study.
 MODEL_SETTINGS = {"MMM4Rec": {}, "UniSRec": {"train_mode": "sequence"}}
-# properties/finetune/MMM4Rec.yaml steps NAdam every 8 micro-batches (the paper's 8 x 1,024):
-# on a target of ~125 k training targets that is 8 steps per epoch, against from scratch's 61.
-# Fine-tuning steps once per batch, as from scratch does: the two differ by their start only.
-FINE_TUNING = {"accumulation_steps": 1}
+# properties/finetune/MMM4Rec.yaml steps NAdam every 8 micro-batches (the paper's 8 x 1,024) with
+# weight decay 5e-3: on a target of ~125 k training targets that is 8 steps per epoch, against
+# from scratch's 61. Fine-tuning steps once per batch without weight decay, as from scratch does:
+# the two differ by their start and their learning rate (from scratch keeps the models' 1e-3, the
+# grid's largest). UniSRec's fine-tuning keeps its recipe's frozen encoder.
+FINE_TUNING = {"accumulation_steps": 1, "weight_decay": 0.0, "weight_decay_exempt": False}
 ZERO_SHOT = {"MMM4Rec": {"epochs": 0, "use_item_id": False}, "UniSRec": {"epochs": 0, "train_stage": "inductive_ft"}}
 
 
@@ -78,10 +82,10 @@ def pretrain_worker(job: dict, sender) -> None:
         from recbole_mmm4rec.pretrain import run_pretrain
 
         keep_freed_memory()
-        os.makedirs(os.path.dirname(history_file(job["model"])), exist_ok=True)
+        os.makedirs(os.path.dirname(job["history_file"]), exist_ok=True)
 
         def record(epoch: dict) -> None:
-            with open(history_file(job["model"]), "a", encoding="utf-8") as out:
+            with open(job["history_file"], "a", encoding="utf-8") as out:
                 out.write(json.dumps(plain_value(epoch)) + "\n")
 
         result = run_pretrain(job["model"], [SOURCE], [DEMO_YAML], job["config_dict"], epoch_callback=record)
@@ -90,147 +94,154 @@ def pretrain_worker(job: dict, sender) -> None:
         sender.send(("failed", f"{type(error).__name__}: {error}"))
 
 
-def checkpoint_files(model: str, settings: dict, epochs: list[int]) -> dict[int, str]:
-    """The pre-training checkpoint of ``model`` after each of ``epochs``."""
+def pretrain_settings(model: str, settings: dict, epochs: int) -> dict:
+    """``run_pretrain``'s settings for ``model``: a checkpoint after every epoch, in CHECKPOINTS."""
+    return {**settings, "epochs": epochs, "save_step": 1, "checkpoint_dir": CHECKPOINTS, "show_progress": False}
+
+
+def checkpoint_name_pattern(model: str, settings: dict) -> str:
+    """The path of ``model``'s pre-training checkpoints, ``{}`` standing for the epochs done."""
     from recbole_mmm4rec.pretrain import checkpoint_pattern, pretrain_config
 
-    pattern = checkpoint_pattern(pretrain_config(model, [SOURCE], [DEMO_YAML], settings))
-    return {epoch: pattern.format(epoch) for epoch in epochs}
+    return checkpoint_pattern(pretrain_config(model, [SOURCE], [DEMO_YAML], pretrain_settings(model, settings, 1)))
 
 
-def history_file(model: str) -> str:
-    """Where each pre-training epoch's record (loss, seconds) is appended, resumed runs included."""
-    return os.path.join(OUTPUT, "pretraining", f"{model}.jsonl")
+def history_file(pattern: str) -> str:
+    """Where each pre-training epoch's record (loss, seconds) is appended, resumed runs included:
+    named by the checkpoints' settings hash, so other settings never share it."""
+    return os.path.join(OUTPUT, "pretraining", os.path.basename(pattern).replace("-{}.pth", ".jsonl"))
 
 
-def pretrain_history(model: str) -> list[dict]:
+def pretrain_history(pattern: str) -> list[dict]:
     """The records of :func:`history_file`, one per epoch (a repeated epoch: its latest record)."""
     records = {}
-    if os.path.isfile(history_file(model)):
-        for line in open(history_file(model), encoding="utf-8"):
-            record = json.loads(line)
-            records[record["epoch"]] = record
+    if os.path.isfile(history_file(pattern)):
+        with open(history_file(pattern), encoding="utf-8") as lines:
+            for line in lines:
+                record = json.loads(line)
+                records[record["epoch"]] = record
     return [records[epoch] for epoch in sorted(records)]
 
 
-def choose_pretraining(args) -> tuple[dict, list[dict]]:
+def choose_pretraining(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     """Step 1: the MMM4Rec pre-training settings of the best held-out source validation."""
-    from recbole_mmm4rec.benchmark import Variant, run_benchmark
-
     variants = [Variant(label=name, model="MMM4Rec", settings=tuple({**PRETRAIN_LOSS, **values}.items()))
                 for name, values in PRETRAIN_CANDIDATES.items()]
     result = run_benchmark(SOURCE, variants, seeds=[FIRST_SEED], config_file_list=[DEMO_YAML],
                            config_dict=PRETRAIN_CHECK_RUN, output_dir=os.path.join(OUTPUT, "pretraining_check"),
                            runs_dir=RUNS, workers=args.workers, threads_per_run=1, progress=False,
                            report_only=args.report_only)
+    unfinished = [row["label"] + (f" ({'; '.join(row['errors'])})" if row["errors"] else " (not run)")
+                  for row in result.summary if "values" not in row]
+    if unfinished:
+        raise RuntimeError(f"step 1 (pre-training settings) has no result for {unfinished}: run "
+                           "benchmarks/transfer.py without --report_only")
     rows = [{"label": row["label"], "valid_ndcg@10": row["best_valid_score"][0], "epochs_to_best": row["epochs_to_best"][0],
              "s_per_epoch": row["seconds_per_epoch"][0]} for row in result.summary]
     best = max(rows, key=lambda row: row["valid_ndcg@10"])
     return {**PRETRAIN_LOSS, **PRETRAIN_CANDIDATES[best["label"]]}, rows
 
 
-def pretrain(args, settings: dict[str, dict]) -> None:
+def pretrain(args: argparse.Namespace, settings: dict[str, dict]) -> None:
     """Step 2: both models pre-trained at once, each in its own process."""
-    from recbole_mmm4rec.benchmark import execute
-
-    jobs = []
-    for model in MODELS:
-        config = {**settings[model], "epochs": args.pretrain_epochs, "save_step": 1, "checkpoint_dir": CHECKPOINTS,
-                  "show_progress": False}
-        jobs.append({"key": model, "label": model, "seed": FIRST_SEED, "model": model, "threads": 1, "config_dict": config})
+    jobs = [{"key": model, "label": model, "seed": FIRST_SEED, "model": model, "threads": 1,
+             "config_dict": pretrain_settings(model, settings[model], args.pretrain_epochs),
+             "history_file": history_file(checkpoint_name_pattern(model, settings[model]))} for model in MODELS]
     outcomes = execute(jobs, workers=args.workers, progress=False, worker=pretrain_worker)
     failed = {key: outcome["error"] for key, outcome in outcomes.items() if "error" in outcome}
     if failed:
         raise RuntimeError(f"pre-training failed: {failed}")
 
 
-def variant(model: str, label: str, settings: dict, pretrained: str | None = None, scratch: str | None = None):
-    from recbole_mmm4rec.benchmark import Variant
-
+def variant(model: str, label: str, settings: dict, pretrained: str | None = None, scratch: str | None = None) -> Variant:
+    """A row of the study: ``model`` with its MODEL_SETTINGS, then ``settings``."""
     return Variant(label=label, model=model, settings=tuple({**MODEL_SETTINGS.get(model, {}), **settings}.items()),
                    pretrained=pretrained, scratch_label=scratch)
+
+
+def epochs_text(epochs: int) -> str:
+    return f"{epochs} pre-training epoch{'s' if epochs > 1 else ''}"
 
 
 def scratch_label(model: str) -> str:
     return f"{model} from scratch"
 
 
+def zero_shot_label(model: str, epochs: int) -> str:
+    return f"{model} zero-shot from {epochs_text(epochs)}"
+
+
 def fine_tuned_label(model: str, epochs: int, learning_rate: float) -> str:
-    return f"{model} fine-tuned from {epochs} pre-training epoch{'s' if epochs > 1 else ''}, lr {learning_rate:g}"
+    return f"{model} fine-tuned from {epochs_text(epochs)}, lr {learning_rate:g}"
 
 
-def study_target(args, target: str, checkpoints: dict[str, dict[int, str]]) -> dict[str, Any]:
-    """Steps 3 and 4 on one target: the runs, the chosen learning rates, the summary rows."""
-    from recbole_mmm4rec.benchmark import run_benchmark
+def choose_learning_rate(summary: list[dict], model: str, epochs: int, rates: list[float]) -> float | str:
+    """The grid's learning rate of the best validation NDCG@10, or why there is none yet."""
+    rows = {rate: next(row for row in summary if row["label"] == fine_tuned_label(model, epochs, rate)) for rate in rates}
+    failed = [f"{rate:g}" for rate, row in rows.items() if row["errors"]]
+    if failed:
+        return f"none: the grid's runs at lr {', '.join(failed)} failed"
+    if any("values" not in row for row in rows.values()):
+        return "none yet: the grid is not finished"
+    return max(rates, key=lambda rate: rows[rate]["best_valid_score"][0])
 
-    shared = {"epochs": args.epochs, "stopping_step": 5}
-    common = dict(config_file_list=[DEMO_YAML], config_dict=shared, runs_dir=RUNS, workers=args.workers,
-                  threads_per_run=1, progress=False, report_only=args.report_only)
+
+def study_target(args: argparse.Namespace, target: str, checkpoints: dict[str, dict[int, str]]) -> dict[str, Any]:
+    """Steps 3 and 4 on one target: the summary rows and runs, and the chosen learning rates."""
+    common = dict(config_file_list=[DEMO_YAML], config_dict={"epochs": args.epochs, "stopping_step": 5}, runs_dir=RUNS,
+                  workers=args.workers, threads_per_run=1, progress=False, report_only=args.report_only)
     last = max(args.checkpoints)
     rates = [float(rate) for rate in args.finetune_learning_rates.split(",")]
     first = [variant("Pop", "Pop", {})]
     for model in MODELS:
-        first += [variant(model, f"{model} zero-shot from {epochs} pre-training epochs", ZERO_SHOT[model], checkpoints[model][epochs])
+        first += [variant(model, zero_shot_label(model, epochs), ZERO_SHOT[model], checkpoints[model][epochs])
                   for epochs in args.checkpoints]
         first += [variant(model, fine_tuned_label(model, last, rate), {**FINE_TUNING, "learning_rate": rate},
                           checkpoints[model][last]) for rate in rates]
-    chosen_run = run_benchmark(target, first, seeds=[FIRST_SEED], output_dir=os.path.join(OUTPUT, target, "seed2020"), **common)
-    by_label = {row["label"]: row for row in chosen_run.summary}
-    chosen = {}
-    for model in MODELS:
-        scores = {rate: by_label[fine_tuned_label(model, last, rate)]["best_valid_score"][0]
-                  for rate in rates if "best_valid_score" in by_label[fine_tuned_label(model, last, rate)]}
-        chosen[model] = max(scores, key=scores.get) if len(scores) == len(rates) else None  # None: the grid is not done
+    first_run = run_benchmark(target, first, seeds=[FIRST_SEED], output_dir=os.path.join(OUTPUT, target, "seed2020"), **common)
+    chosen = {model: choose_learning_rate(first_run.summary, model, last, rates) for model in MODELS}
     curves = []
     for model in MODELS:
         curves.append(variant(model, scratch_label(model), {}))
-        if chosen[model] is not None:
+        if isinstance(chosen[model], float):
             curves += [variant(model, fine_tuned_label(model, epochs, chosen[model]), {**FINE_TUNING, "learning_rate": chosen[model]},
                                checkpoints[model][epochs], scratch_label(model)) for epochs in args.checkpoints]
-    seeds = [FIRST_SEED + offset for offset in range(args.seeds)]
+    seeds = [FIRST_SEED + 1 + offset for offset in range(args.seeds)]
     curve_run = run_benchmark(target, curves, seeds=seeds, output_dir=os.path.join(OUTPUT, target, "curves"), **common)
-    return {"target": target, "chosen_learning_rate": chosen, "first": chosen_run.summary, "curves": curve_run.summary,
-            "curve_runs": [run for run in curve_run.runs if "test_result" in run],
-            "first_runs": [run for run in chosen_run.runs if "test_result" in run]}
+    return {"target": target, "chosen_learning_rate": chosen, "curve_seeds": seeds,
+            "first": first_run.summary, "curves": curve_run.summary,
+            "curve_runs": [run for run in curve_run.runs if "test_result" in run]}
 
 
-def welch(mine: list[float], theirs: list[float]) -> float:
-    from scipy import stats
-
-    return float(stats.ttest_ind(mine, theirs, equal_var=False).pvalue) if min(len(mine), len(theirs)) > 1 else math.nan
-
-
-def cell(values: list[float], digits: int = 4) -> str:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return f"{mean:.{digits}f}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def plot_curves(study: dict, path: str) -> None:
-    """Validation NDCG@10 per epoch: one panel per model, a line per seed, the zero-shot scores at
-    epoch 0, Pop dashed."""
+def plot_curves(study: dict, path: str, checkpoint_epochs: list[int]) -> None:
+    """Validation NDCG@10 per epoch: one panel per model, a line per seed (from scratch black, each
+    checkpoint its colour), each checkpoint's zero-shot score at epoch 0 in its colour, Pop dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, panels = plt.subplots(1, len(MODELS), figsize=(7 * len(MODELS), 4.5), sharey=True)
-    colors = plt.get_cmap("viridis")
-    first = {row["label"]: row for row in study["first"]}
-    pop = first.get("Pop", {}).get("best_valid_score", (math.nan,))[0]
+    palette = plt.get_cmap("viridis")
+    color_of = {epochs: palette(0.1 + 0.75 * index / max(len(checkpoint_epochs) - 1, 1))
+                for index, epochs in enumerate(checkpoint_epochs)}
+    first = {row["label"]: row for row in study["first"] if "values" in row}
     for axes, model in zip(panels, MODELS):
-        labels = [row["label"] for row in study["curves"] if row["model"] == model]
-        for index, label in enumerate(labels):
-            color = "black" if label == scratch_label(model) else colors(0.15 + 0.7 * index / max(len(labels) - 1, 1))
+        lines = [(scratch_label(model), "black")]
+        if isinstance(study["chosen_learning_rate"][model], float):
+            lines += [(fine_tuned_label(model, epochs, study["chosen_learning_rate"][model]), color_of[epochs])
+                      for epochs in checkpoint_epochs]
+        for label, color in lines:
             for number, run in enumerate(r for r in study["curve_runs"] if r["label"] == label):
                 points = [(r["epoch"] + 1, r["valid_ndcg@10"]) for r in run["epoch_history"] if "valid_ndcg@10" in r]
-                axes.plot(*zip(*points), color=color, alpha=0.75, marker=".", label=label if number == 0 else None)
-        for index, row in enumerate(r for r in study["first"] if r["model"] == model and "zero-shot" in r["label"]):
-            axes.plot(0, row["best_valid_score"][0], marker="D", color=colors(0.15 + 0.7 * index / max(len(labels) - 2, 1)),
-                      linestyle="none", label=row["label"])
-        axes.axhline(pop, color="grey", linestyle="--", label="Pop")
+                if points:
+                    axes.plot(*zip(*points), color=color, alpha=0.75, marker=".", label=label if number == 0 else None)
+        for epochs in checkpoint_epochs:
+            row = first.get(zero_shot_label(model, epochs))
+            if row:
+                axes.plot(0, row["best_valid_score"][0], marker="D", color=color_of[epochs], linestyle="none", label=row["label"])
+        if "Pop" in first:
+            axes.axhline(first["Pop"]["best_valid_score"][0], color="grey", linestyle="--", label="Pop")
         axes.set(title=f"{model} on {study['target']}", xlabel="epoch (0: zero-shot)", ylabel="validation NDCG@10")
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7)
@@ -238,40 +249,44 @@ def plot_curves(study: dict, path: str) -> None:
     plt.close(figure)
 
 
-def target_report(study: dict, plot_file: str) -> str:
-    first = {row["label"]: row for row in study["first"]}
-    curves = {row["label"]: row for row in study["curves"]}
+def summary_cells(row: dict, seconds: bool = True) -> list[str]:
+    """Seeds, test NDCG@10 and Hit@10, valid NDCG@10, epochs to best, s to best, s/epoch."""
+    if "values" not in row:
+        return ["0", "; ".join(row["errors"]) or "not run", *[""] * 5]
+    return [str(len(row["seeds"])), stat_cell(row["test_ndcg@10"]), stat_cell(row["test_hit@10"]),
+            stat_cell(row["best_valid_score"]), stat_cell(row["epochs_to_best"], 1),
+            stat_cell(row["seconds_to_best"], 0) if seconds else "", stat_cell(row["seconds_per_epoch"], 1)]
+
+
+def target_report(study: dict) -> str:
+    """The target's table (zero-shot and Pop with seed 2020; the curves' 3 seeds), the learning-rate grid, the plot."""
     columns = ["run", "seeds", "test NDCG@10", "test Hit@10", "valid NDCG@10", "epochs to best", "s to best", "s/epoch",
-               "test NDCG@10 vs from scratch (p)", "epochs to best vs from scratch"]
-    rows = []
-    for label, row in {**{k: v for k, v in first.items() if "zero-shot" in k or k == "Pop"}, **curves}.items():
-        if "values" not in row:
-            rows.append([label, 0, *[""] * 8])
-            continue
-        values = row["values"]
-        scratch = curves.get(row.get("scratch_label") or "", {}).get("values")
-        versus = epochs_versus = ""
-        if scratch:
-            ratio = (sum(values["test_ndcg@10"]) / len(values["test_ndcg@10"])) / (sum(scratch["test_ndcg@10"]) / len(scratch["test_ndcg@10"]))
-            versus = f"{ratio:.3f}x (p={welch(values['test_ndcg@10'], scratch['test_ndcg@10']):.3f})"
-            epochs_versus = f"{(sum(values['epochs_to_best']) / len(values['epochs_to_best'])) / (sum(scratch['epochs_to_best']) / len(scratch['epochs_to_best'])):.2f}x"
-        rows.append([label, len(row["seeds"]), cell(values["test_ndcg@10"]), cell(values["test_hit@10"]),
-                     cell(values["best_valid_score"]), cell(values["epochs_to_best"], 1), cell(values["seconds_to_best"], 0),
-                     cell(values["seconds_per_epoch"], 1), versus, epochs_versus])
-    grid = [[label, cell(row["values"]["best_valid_score"]), cell(row["values"]["epochs_to_best"], 0)]
-            for label, row in first.items() if "fine-tuned" in label and "values" in row]
+               "vs from scratch: test NDCG@10 (Welch p), epochs to best"]
+    rows = [[row["label"], *summary_cells(row, seconds=False), ""] for row in study["first"]
+            if row["label"] == "Pop" or "zero-shot" in row["label"]]
+    for row in study["curves"]:
+        versus = (ratio_cell(row["ratio_to_scratch"], row["p_value_to_scratch"]) + f", {row['epochs_to_best_ratio_to_scratch']:.2f}x"
+                  if "ratio_to_scratch" in row else "")
+        rows.append([row["label"], *summary_cells(row), versus])
+    grid = [[row["label"], *summary_cells(row)] for row in study["first"] if "fine-tuned" in row["label"]]
+    chosen = ", ".join(f"{model} {rate:g}" if isinstance(rate, float) else f"{model} {rate}"
+                       for model, rate in study["chosen_learning_rate"].items())
+    warning = split_warning(study["first"])
     return (
         f"### Target `{study['target']}`\n\n"
+        f"Zero-shot rows and Pop: seed {FIRST_SEED} (nothing trains, s to best does not apply); the other rows: seeds "
+        f"{', '.join(map(str, study['curve_seeds']))}.\n\n"
         + markdown_table(columns, rows)
-        + "\n\nFine-tuning learning rate (seed 2020, from the last checkpoint; the best validation NDCG@10 chooses: "
-        + ", ".join(f"{model} {'not yet (grid not finished)' if rate is None else f'{rate:g}'}"
-                    for model, rate in study["chosen_learning_rate"].items()) + "):\n\n"
-        + markdown_table(["run", "valid NDCG@10", "epochs to best"], grid)
-        + f"\n\n![validation NDCG@10 per epoch]({os.path.relpath(plot_file, ROOT)})\n"
+        + (f"\n\n{warning}" if warning else "")
+        + f"\n\nFine-tuning learning rate (seed {FIRST_SEED}, from the last checkpoint; the best validation NDCG@10 "
+        f"chooses: {chosen}):\n\n"
+        + markdown_table(["run", "seeds", "test NDCG@10", "test Hit@10", "valid NDCG@10", "epochs to best", "s to best", "s/epoch"], grid)
+        + f"\n\n![validation NDCG@10 per epoch]({os.path.relpath(study['plot'], ROOT)})\n"
     )
 
 
 def report(results: dict, command: str) -> str:
+    """The BENCHMARKS.md section: step 1's choice, the pre-training curves, each target's report."""
     check = markdown_table(["MMM4Rec pre-training settings (5 epochs on the source's train split)", "source valid NDCG@10",
                             "epochs to best", "s/epoch"],
                            [[row["label"], f"{row['valid_ndcg@10']:.4f}", row["epochs_to_best"], f"{row['s_per_epoch']:.0f}"]
@@ -279,17 +294,19 @@ def report(results: dict, command: str) -> str:
     pre_rows = []
     for model, info in results["pretraining"].items():
         losses = [record["train_loss"] for record in info["history"]]
-        marks = ", ".join(f"{epoch}: {losses[epoch - 1]:.4f}" for epoch in sorted({1, 2, 5, 10, 20, len(losses)}) if epoch <= len(losses))
+        marks = ", ".join(f"{epoch}: {losses[epoch - 1]:.1f}" for epoch in sorted({1, 2, 5, 10, 15, 20, len(losses)})
+                          if 1 <= epoch <= len(losses))
         seconds = [record["train_seconds"] for record in info["history"]]
-        pre_rows.append([model, len(losses), f"{sum(seconds) / max(len(seconds), 1):.0f}", marks,
+        pre_rows.append([model, len(losses), f"{sum(seconds) / len(seconds):.0f}" if seconds else "", marks or "no records",
                          ", ".join(f"`{os.path.basename(file)}`" for file in info["checkpoints"].values())])
     return (
         f"`{command}` on {machine()}; every run one torch thread, {results['workers']} at a time, demo sizes "
         "(properties/quick_start/demo.yaml: hidden 64, L = 20).\n\n"
         f"Source `{SOURCE}`; settings chosen on its own validation split:\n\n{check}\n\n"
-        "Pre-training (in-batch cross-entropy, sequence mode, every source interaction a target once per epoch):\n\n"
+        "Pre-training (in-batch cross-entropy, sequence mode, every source interaction a target once per epoch; "
+        "the loss is the sum of the batch losses of an epoch):\n\n"
         + markdown_table(["model", "epochs", "s/epoch", "training loss after epoch", "checkpoints used"], pre_rows)
-        + "\n\n" + "\n".join(target_report(study, study["plot"]) for study in results["targets"])
+        + "\n\n" + "\n".join(target_report(study) for study in results["targets"])
     )
 
 
@@ -313,18 +330,19 @@ def main() -> int:
     settings = {"MMM4Rec": chosen, "UniSRec": {**MODEL_SETTINGS["UniSRec"], **UNISREC_PRETRAINING}}
     if not args.report_only:
         pretrain(args, settings)
-    checkpoints = {model: checkpoint_files(model, settings[model], args.checkpoints) for model in MODELS}
+    patterns = {model: checkpoint_name_pattern(model, settings[model]) for model in MODELS}
+    checkpoints = {model: {epochs: pattern.format(epochs) for epochs in args.checkpoints} for model, pattern in patterns.items()}
     missing = [file for files in checkpoints.values() for file in files.values() if not os.path.isfile(file)]
     if missing:
-        raise FileNotFoundError(f"pre-training checkpoints missing (run without --report_only first): {missing}")
-    results = {"workers": args.workers, "pretraining_check": check_rows, "pretraining": {}, "targets": []}
-    for model in MODELS:
-        results["pretraining"][model] = {"settings": settings[model], "checkpoints": checkpoints[model],
-                                         "history": pretrain_history(model)}
+        raise FileNotFoundError(f"pre-training checkpoints missing: {missing}; run benchmarks/transfer.py without "
+                                f"--report_only, with --pretrain_epochs {max(args.checkpoints)} at least")
+    results = {"workers": args.workers, "pretraining_check": check_rows, "targets": [],
+               "pretraining": {model: {"settings": settings[model], "checkpoints": checkpoints[model],
+                                       "history": pretrain_history(patterns[model])} for model in MODELS}}
     for target in args.targets.split(","):
         study = study_target(args, target, checkpoints)
         study["plot"] = os.path.join(OUTPUT, target, "fine_tuning_curves.png")
-        plot_curves(study, study["plot"])
+        plot_curves(study, study["plot"], args.checkpoints)
         results["targets"].append(study)
         write_text(os.path.join(OUTPUT, "study.json"), json.dumps(results, indent=1, default=str) + "\n")
     command = "python benchmarks/transfer.py " + " ".join(sys.argv[1:])

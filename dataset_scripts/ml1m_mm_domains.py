@@ -11,8 +11,7 @@ paper's Amazon domains): about 368 k interactions of 3,000 users on 2,362 movies
 none of the target's items nor users: only the item encoders (features in the same spaces, see
 :mod:`ml1m_mm`) and the sequence model can transfer.
 
-The domains are cut from the sibling ``ml-1m-mm`` folder when it exists, else from a temporary
-build of it (same files either way).
+The domains are cut from the sibling ``ml-1m-mm`` folder, which is built there first if missing.
 
     python -m recbole_mmm4rec.dataset_scripts.ml1m_mm_domains --name ml-1m-mm-since1997 --out dataset/ml-1m-mm-since1997
 """
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -99,13 +97,12 @@ def build_domain(name: str, out_dir: str) -> None:
         raise ValueError(f"unknown MovieLens domain {name!r}; expected one of {sorted(DOMAINS)}")
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
+    # Imported here: quick start imports the registry, which names this module's builders.
+    from recbole_mmm4rec.quick_start import ensure_dataset_folder
+
     sibling = os.path.join(os.path.dirname(os.path.abspath(out_dir)), ml1m_mm.DATASET_NAME)
-    if os.path.isfile(os.path.join(sibling, f"{ml1m_mm.DATASET_NAME}.inter")):
-        cut_domain(sibling, name, out_dir)
-    else:
-        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".ml-1m-mm-") as whole:
-            ml1m_mm.build_ml1m_mm(whole)
-            cut_domain(whole, name, out_dir)
+    ensure_dataset_folder(ml1m_mm.DATASET_NAME, sibling)  # built once beside the domains, and kept
+    cut_domain(sibling, name, out_dir)
     print(f"{name} built in {time.perf_counter() - started:.1f} s")
 
 

@@ -391,14 +391,16 @@ def compare(summary: list[dict], metric: str) -> None:
             row["epochs_to_best_ratio_to_scratch"] = row["epochs_to_best"][0] / scratch["epochs_to_best"][0]
 
 
-def _cell(stat: tuple[float, float] | None, digits: int = 4) -> str:
+def stat_cell(stat: tuple[float, float] | None, digits: int = 4) -> str:
+    """``mean ± std`` of a summary row's statistic (the mean alone for one seed; empty for none)."""
     if stat is None:
         return ""
     mean, std = stat
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
-def _ratio_cell(ratio: float, p_value: float, against: str = "") -> str:
+def ratio_cell(ratio: float, p_value: float, against: str = "") -> str:
+    """``1.023x<against> (p=0.123)``; the p-value only when there is one."""
     return f"{ratio:.3f}x{against}" + ("" if math.isnan(p_value) else f" (p={p_value:.3f})")
 
 
@@ -411,15 +413,15 @@ def markdown_table(summary: list[dict], metrics: list[str], valid_metric: str) -
                *([f"vs from scratch: test {valid_metric} (p), epochs to best"] if transfer else []), "errors, runs not done"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in summary:
-        other = (_ratio_cell(row["ratio_to_best_other"], row["p_value_to_best_other"], f" {row['best_other']}")
+        other = (ratio_cell(row["ratio_to_best_other"], row["p_value_to_best_other"], f" {row['best_other']}")
                  if "ratio_to_best_other" in row else "")
-        scratch = (_ratio_cell(row["ratio_to_scratch"], row["p_value_to_scratch"])
+        scratch = (ratio_cell(row["ratio_to_scratch"], row["p_value_to_scratch"])
                    + f", {row['epochs_to_best_ratio_to_scratch']:.2f}x" if "ratio_to_scratch" in row else "")
         cells = [
             row["label"], str(len(row["seeds"])),
-            *(_cell(row.get(f"test_{m.lower()}")) for m in metrics), _cell(row.get("best_valid_score")),
-            _cell(row.get("epochs_to_best"), 1), _cell(row.get("seconds_to_best"), 0), _cell(row.get("seconds_per_epoch"), 1),
-            _cell(row.get("peak_memory_gib"), 2), f"{row['parameters']:,}" if "parameters" in row else "",
+            *(stat_cell(row.get(f"test_{m.lower()}")) for m in metrics), stat_cell(row.get("best_valid_score")),
+            stat_cell(row.get("epochs_to_best"), 1), stat_cell(row.get("seconds_to_best"), 0), stat_cell(row.get("seconds_per_epoch"), 1),
+            stat_cell(row.get("peak_memory_gib"), 2), f"{row['parameters']:,}" if "parameters" in row else "",
             other, *([scratch] if transfer else []),
             "; ".join(row["errors"] + ([f"not run yet: seed {', '.join(map(str, row['not_run']))}"] if row["not_run"] else [])).replace("|", "/"),
         ]

@@ -254,10 +254,11 @@ def run_recbole(
     Works for RecBole's built-in models and for plugin models. ``cmd_args`` are ``--key=value``
     overrides (the CLI passes its own); ``sys.argv`` is never read. ``epoch_callback`` is called
     with each epoch's record (see :class:`recbole_mmm4rec.history.EpochHistory`) as it ends.
-    ``epochs: 0`` trains nothing: with ``pretrained``, a zero-shot evaluation of the transferred
-    weights on the validation and test splits (MMM4Rec's per-item tables start at zero, so its
-    item vectors come from the features alone; UniSRec needs ``train_stage: inductive_ft``, whose
-    item vectors are text only).
+    ``epochs: 0`` trains nothing (except RecBole's traditional models, Pop or ItemKNN, whose trainer
+    always makes its one counting pass): with ``pretrained``, a zero-shot evaluation of the
+    transferred weights on the validation and test splits. MMM4Rec's per-item tables start at
+    zero, so its item vectors come from the features alone; UniSRec needs ``train_stage:
+    inductive_ft`` (text only), as its ``transductive_ft`` ID embeddings would be untrained.
 
     Returns:
         ``model`` and ``dataset`` (the names the config resolved), ``best_valid_score``,
@@ -301,6 +302,8 @@ def run_recbole(
     if config["epochs"] == 0:
         # Zero-shot: nothing trains; fit saved the model as built (pre-trained weights, item
         # vectors from the target's features), which validation and test both evaluate.
+        if not config["pretrained"]:
+            logger.warning("epochs: 0 without pretrained: evaluating the model's initial, untrained weights")
         best_valid_result = trainer.evaluate(valid_data, load_best_model=False, show_progress=config["show_progress"])
         best_valid_score = calculate_valid_score(best_valid_result, trainer.valid_metric)
     fit_seconds = time.perf_counter() - started
