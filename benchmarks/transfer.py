@@ -146,11 +146,13 @@ def choose_pretraining(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     return {**PRETRAIN_LOSS, **PRETRAIN_CANDIDATES[best["label"]]}, rows
 
 
-def pretrain(args: argparse.Namespace, settings: dict[str, dict]) -> None:
-    """Step 2: both models pre-trained at once, each in its own process."""
+def pretrain(args: argparse.Namespace, settings: dict[str, dict], patterns: dict[str, str]) -> None:
+    """Step 2: the models whose last checkpoint is missing pre-trained at once, each in its own
+    process (a finished one would only rebuild its dataset to train no epoch)."""
     jobs = [{"key": model, "label": model, "seed": FIRST_SEED, "model": model, "threads": 1,
              "config_dict": pretrain_settings(model, settings[model], args.pretrain_epochs),
-             "history_file": history_file(checkpoint_name_pattern(model, settings[model]))} for model in MODELS]
+             "history_file": history_file(pattern)}
+            for model, pattern in patterns.items() if not os.path.isfile(pattern.format(args.pretrain_epochs))]
     outcomes = execute(jobs, workers=args.workers, progress=False, worker=pretrain_worker)
     failed = {key: outcome["error"] for key, outcome in outcomes.items() if "error" in outcome}
     if failed:
@@ -333,9 +335,9 @@ def main() -> int:
 
     chosen, check_rows = choose_pretraining(args)
     settings = {"MMM4Rec": chosen, "UniSRec": {**MODEL_SETTINGS["UniSRec"], **UNISREC_PRETRAINING}}
-    if not args.report_only:
-        pretrain(args, settings)
     patterns = {model: checkpoint_name_pattern(model, settings[model]) for model in MODELS}
+    if not args.report_only:
+        pretrain(args, settings, patterns)
     checkpoints = {model: {epochs: pattern.format(epochs) for epochs in args.checkpoints} for model, pattern in patterns.items()}
     missing = [file for files in checkpoints.values() for file in files.values() if not os.path.isfile(file)]
     if missing:

@@ -234,9 +234,9 @@ def split_fingerprint(*splits) -> str:
 
 def _last_evaluated_epoch(trainer) -> int:
     """The last epoch RecBole evaluated: it evaluates after epochs e with (e + 1) % eval_step == 0."""
-    last_trained = max(trainer.train_loss_dict, default=-1)
     if trainer.eval_step == 0:  # RecBole's min(eval_step, epochs) with epochs: 0
         return -1
+    last_trained = max(trainer.train_loss_dict, default=-1)
     return (last_trained + 1) // trainer.eval_step * trainer.eval_step - 1
 
 
