@@ -211,7 +211,7 @@ def study_target(args: argparse.Namespace, target: str, checkpoints: dict[str, d
         curves.append(variant(model, scratch_label(model), {}))
         if isinstance(chosen[model], float):
             curves += [variant(model, fine_tuned_label(model, epochs, chosen[model]), {**FINE_TUNING, "learning_rate": chosen[model]},
-                               checkpoints[model][epochs], scratch_label(model)) for epochs in args.checkpoints]
+                               checkpoints[model][epochs], scratch_label(model)) for epochs in args.curve_checkpoints]
     seeds = [FIRST_SEED + 1 + offset for offset in range(args.seeds)]
     curve_run = run_benchmark(target, curves, seeds=seeds, output_dir=os.path.join(OUTPUT, target, "curves"), **common)
     return {"target": target, "chosen_learning_rate": chosen, "curve_seeds": seeds,
@@ -219,7 +219,7 @@ def study_target(args: argparse.Namespace, target: str, checkpoints: dict[str, d
             "curve_runs": [run for run in curve_run.runs if "test_result" in run]}
 
 
-def plot_curves(study: dict, path: str, checkpoint_epochs: list[int]) -> None:
+def plot_curves(study: dict, path: str, checkpoint_epochs: list[int], curve_epochs: list[int]) -> None:
     """Validation NDCG@10 per epoch: one panel per model, a line per seed (from scratch black, each
     checkpoint its colour), each checkpoint's zero-shot score at epoch 0 in its colour, Pop dashed."""
     import matplotlib
@@ -236,7 +236,7 @@ def plot_curves(study: dict, path: str, checkpoint_epochs: list[int]) -> None:
         lines = [(scratch_label(model), "black")]
         if isinstance(study["chosen_learning_rate"][model], float):
             lines += [(fine_tuned_label(model, epochs, study["chosen_learning_rate"][model]), color_of[epochs])
-                      for epochs in checkpoint_epochs]
+                      for epochs in curve_epochs]
         for label, color in lines:
             for number, run in enumerate(r for r in study["curve_runs"] if r["label"] == label):
                 points = [(r["epoch"] + 1, r["valid_ndcg@10"]) for r in run["epoch_history"] if "valid_ndcg@10" in r]
@@ -322,6 +322,8 @@ def main() -> int:
     parser.add_argument("--targets", default="ml-1m-mm-since1997", help="comma-separated target datasets")
     parser.add_argument("--pretrain_epochs", type=int, default=20)
     parser.add_argument("--checkpoints", default="1,5,20", help="pre-training epochs whose checkpoints are fine-tuned")
+    parser.add_argument("--curve_checkpoints", default=None,
+                        help="the checkpoints fine-tuned with the curves' seeds (default: all of --checkpoints)")
     parser.add_argument("--finetune_learning_rates", default="0.0001,0.0003,0.001")
     parser.add_argument("--epochs", type=int, default=40, help="epoch limit of every target run (early stopping ends most)")
     parser.add_argument("--seeds", type=int, default=3)
@@ -330,6 +332,10 @@ def main() -> int:
                         help="train nothing: write the report of the finished runs (the pre-training must be done)")
     args = parser.parse_args()
     args.checkpoints = sorted(int(epoch) for epoch in args.checkpoints.split(","))
+    args.curve_checkpoints = (sorted(int(epoch) for epoch in args.curve_checkpoints.split(","))
+                              if args.curve_checkpoints else args.checkpoints)
+    if not set(args.curve_checkpoints) <= set(args.checkpoints):
+        parser.error(f"--curve_checkpoints {args.curve_checkpoints} must be among --checkpoints {args.checkpoints}")
     if max(args.checkpoints) > args.pretrain_epochs:
         parser.error(f"--checkpoints {args.checkpoints} goes beyond --pretrain_epochs {args.pretrain_epochs}")
 
@@ -349,7 +355,7 @@ def main() -> int:
     for target in args.targets.split(","):
         study = study_target(args, target, checkpoints)
         study["plot"] = os.path.join(OUTPUT, target, "fine_tuning_curves.png")
-        plot_curves(study, study["plot"], args.checkpoints)
+        plot_curves(study, study["plot"], args.checkpoints, args.curve_checkpoints)
         results["targets"].append(study)
         write_text(os.path.join(OUTPUT, "study.json"), json.dumps(results, indent=1, default=str) + "\n")
     command = "python benchmarks/transfer.py " + " ".join(sys.argv[1:])
