@@ -10,9 +10,11 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
+from recbole.data.dataset import Dataset
+
 from recbole_mmm4rec import compat
 from recbole_mmm4rec.data import MultiModalSequentialDataset
-from recbole_mmm4rec.model import MMM4Rec, UniSRec
+from recbole_mmm4rec.model import MMM4Rec, Pop, UniSRec
 
 PROPERTIES_DIR = os.path.dirname(importlib.import_module("recbole_mmm4rec.properties").__file__)
 
@@ -97,3 +99,5 @@ def dataset_builder(name: str) -> Callable[[str], None] | None:
 
 register_model(MMM4Rec)
 register_model(UniSRec)
+# RecBole's Pop miscounts (model/pop.py): `--model=Pop` gets the fixed count.
+register_model(Pop, dataset_class=Dataset)
