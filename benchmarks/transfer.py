@@ -70,7 +70,8 @@ MODEL_SETTINGS = {"MMM4Rec": {}, "UniSRec": {"train_mode": "sequence"}}
 FINE_TUNING = {"accumulation_steps": 1, "weight_decay": 0.0, "weight_decay_exempt": False}
 # RecBole's Pop is a general model, whose default split is random 8:1:1: it gets the sequential
 # models' leave-one-out split by time. RecBole still masks each user's training items from a
-# general model's ranking (not from a sequential model's), which favours Pop.
+# general model's ranking (not from a sequential model's), which favours Pop. `Pop` is this
+# package's (model/pop.py): RecBole's own counts an item once per batch.
 POP = {"eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"}}
 ZERO_SHOT = {"MMM4Rec": {"epochs": 0, "use_item_id": False}, "UniSRec": {"epochs": 0, "train_stage": "inductive_ft"}}
 
