@@ -24,6 +24,9 @@ one pre-training epoch costs about 4x more on these 2 cores (BENCHMARKS, sequenc
 4. Per target and model, 3 other seeds (2021-2023, so that no run that chose the learning rate is
    also one of its measures): **from scratch** and **fine-tuned from each checkpoint** at the
    chosen learning rate, early stopping on validation NDCG@10.
+5. Per target, seed 2020, read on validation (``--skip_diagnostics`` skips it): MMM4Rec from
+   scratch and fine-tuned from the last checkpoint without its per-item ID tables, and fine-tuned
+   with the pre-trained sequence layers frozen, beside from scratch with ID.
 
 Every run uses the same split, evaluator and early stopping (``--epochs`` at most, patience 5);
 fine-tuning steps the optimiser once per batch, as from scratch does (see ``FINE_TUNING``).
@@ -215,9 +218,29 @@ def study_target(args: argparse.Namespace, target: str, checkpoints: dict[str, d
                                checkpoints[model][epochs], scratch_label(model)) for epochs in args.curve_checkpoints]
     seeds = [FIRST_SEED + 1 + offset for offset in range(args.seeds)]
     curve_run = run_benchmark(target, curves, seeds=seeds, output_dir=os.path.join(OUTPUT, target, "curves"), **common)
+    why = []
+    if isinstance(chosen["MMM4Rec"], float) and not args.skip_diagnostics:
+        tuned = {**FINE_TUNING, "learning_rate": chosen["MMM4Rec"]}
+        why = [variant("MMM4Rec", scratch_label("MMM4Rec"), {})]
+        why += [variant("MMM4Rec", label, settings, checkpoints["MMM4Rec"][last] if pretrained else None)
+                for label, settings, pretrained in diagnostic_runs(last, chosen["MMM4Rec"], tuned)]
+    why_run = run_benchmark(target, why, seeds=[FIRST_SEED], output_dir=os.path.join(OUTPUT, target, "diagnostics"), **common) if why else None
     return {"target": target, "chosen_learning_rate": chosen, "curve_seeds": seeds,
             "first": first_run.summary, "curves": curve_run.summary,
-            "curve_runs": [run for run in curve_run.runs if "test_result" in run]}
+            "curve_runs": [run for run in curve_run.runs if "test_result" in run],
+            "diagnostics": why_run.summary if why_run else []}
+
+
+def diagnostic_runs(last: int, learning_rate: float, tuned: dict) -> list[tuple[str, dict, bool]]:
+    """Step 5, seed 2020, read on validation: what holds MMM4Rec's fine-tuning back. The per-item
+    ID tables start at zero on a new catalogue whatever the checkpoint, so fine-tuning without
+    them shows how much of from scratch's epochs they take; freezing the pre-trained sequence
+    layers shows whether what they learnt on the source helps as it is. (label, settings, from
+    the last checkpoint)."""
+    start = f"from {epochs_text(last)}, lr {learning_rate:g}"
+    return [("MMM4Rec from scratch without ID", {"use_item_id": False}, False),
+            (f"MMM4Rec fine-tuned without ID {start}", {**tuned, "use_item_id": False}, True),
+            (f"MMM4Rec fine-tuned {start}, sequence layers frozen", {**tuned, "freeze": ["layers"]}, True)]
 
 
 def plot_curves(study: dict, path: str, checkpoint_epochs: list[int], curve_epochs: list[int]) -> None:
@@ -290,6 +313,10 @@ def target_report(study: dict) -> str:
         f"chooses: {chosen}):\n\n"
         + markdown_table(["run", "seeds", "test NDCG@10", "test Hit@10", "valid NDCG@10", "epochs to best", "s to best", "s/epoch"], grid)
         + f"\n\n![validation NDCG@10 per epoch]({os.path.relpath(study['plot'], ROOT)})\n"
+        + (f"\nWhat holds MMM4Rec's fine-tuning back (seed {FIRST_SEED}; read on validation):\n\n"
+           + markdown_table(["run", "seeds", "test NDCG@10", "test Hit@10", "valid NDCG@10", "epochs to best", "s to best", "s/epoch"],
+                            [[row["label"], *summary_cells(row)] for row in study["diagnostics"]]) + "\n"
+           if study.get("diagnostics") else "")
     )
 
 
@@ -329,6 +356,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=40, help="epoch limit of every target run (early stopping ends most)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="runs at once, each with one torch thread")
+    parser.add_argument("--skip_diagnostics", action="store_true", help="skip step 5 (MMM4Rec without ID, frozen layers)")
     parser.add_argument("--report_only", action="store_true",
                         help="train nothing: write the report of the finished runs (the pre-training must be done)")
     args = parser.parse_args()
