@@ -220,10 +220,9 @@ def study_target(args: argparse.Namespace, target: str, checkpoints: dict[str, d
     curve_run = run_benchmark(target, curves, seeds=seeds, output_dir=os.path.join(OUTPUT, target, "curves"), **common)
     why = []
     if isinstance(chosen["MMM4Rec"], float) and not args.skip_diagnostics:
-        tuned = {**FINE_TUNING, "learning_rate": chosen["MMM4Rec"]}
         why = [variant("MMM4Rec", scratch_label("MMM4Rec"), {})]
         why += [variant("MMM4Rec", label, settings, checkpoints["MMM4Rec"][last] if pretrained else None)
-                for label, settings, pretrained in diagnostic_runs(last, chosen["MMM4Rec"], tuned)]
+                for label, settings, pretrained in diagnostic_runs(last, chosen["MMM4Rec"])]
     why_run = run_benchmark(target, why, seeds=[FIRST_SEED], output_dir=os.path.join(OUTPUT, target, "diagnostics"), **common) if why else None
     return {"target": target, "chosen_learning_rate": chosen, "curve_seeds": seeds,
             "first": first_run.summary, "curves": curve_run.summary,
@@ -231,13 +230,14 @@ def study_target(args: argparse.Namespace, target: str, checkpoints: dict[str, d
             "diagnostics": why_run.summary if why_run else []}
 
 
-def diagnostic_runs(last: int, learning_rate: float, tuned: dict) -> list[tuple[str, dict, bool]]:
+def diagnostic_runs(last: int, learning_rate: float) -> list[tuple[str, dict, bool]]:
     """Step 5, seed 2020, read on validation: what holds MMM4Rec's fine-tuning back. The per-item
     ID tables start at zero on a new catalogue whatever the checkpoint, so fine-tuning without
     them shows how much of from scratch's epochs they take; freezing the pre-trained sequence
     layers shows whether what they learnt on the source helps as it is. (label, settings, from
     the last checkpoint)."""
     start = f"from {epochs_text(last)}, lr {learning_rate:g}"
+    tuned = {**FINE_TUNING, "learning_rate": learning_rate}
     return [("MMM4Rec from scratch without ID", {"use_item_id": False}, False),
             (f"MMM4Rec fine-tuned without ID {start}", {**tuned, "use_item_id": False}, True),
             (f"MMM4Rec fine-tuned {start}, sequence layers frozen", {**tuned, "freeze": ["layers"]}, True)]
@@ -279,6 +279,9 @@ def plot_curves(study: dict, path: str, checkpoint_epochs: list[int], curve_epoc
     plt.close(figure)
 
 
+RUN_COLUMNS = ["run", "seeds", "test NDCG@10", "test Hit@10", "valid NDCG@10", "epochs to best", "s to best", "s/epoch"]
+
+
 def summary_cells(row: dict, seconds: bool = True) -> list[str]:
     """Seeds, test NDCG@10 and Hit@10, valid NDCG@10, epochs to best, s to best, s/epoch."""
     if "values" not in row:
@@ -290,8 +293,7 @@ def summary_cells(row: dict, seconds: bool = True) -> list[str]:
 
 def target_report(study: dict) -> str:
     """The target's table (zero-shot and Pop with seed 2020; the curves' 3 seeds), the learning-rate grid, the plot."""
-    columns = ["run", "seeds", "test NDCG@10", "test Hit@10", "valid NDCG@10", "epochs to best", "s to best", "s/epoch",
-               "vs from scratch: test NDCG@10 (Welch p), epochs to best"]
+    columns = [*RUN_COLUMNS, "vs from scratch: test NDCG@10 (Welch p), epochs to best"]
     rows = [[row["label"], *summary_cells(row, seconds=False), ""] for row in study["first"]
             if row["label"] == "Pop" or "zero-shot" in row["label"]]
     for row in study["curves"]:
@@ -311,10 +313,10 @@ def target_report(study: dict) -> str:
         + (f"\n\n{warning}" if warning else "")
         + f"\n\nFine-tuning learning rate (seed {FIRST_SEED}, from the last checkpoint; the best validation NDCG@10 "
         f"chooses: {chosen}):\n\n"
-        + markdown_table(["run", "seeds", "test NDCG@10", "test Hit@10", "valid NDCG@10", "epochs to best", "s to best", "s/epoch"], grid)
+        + markdown_table(RUN_COLUMNS, grid)
         + f"\n\n![validation NDCG@10 per epoch]({os.path.relpath(study['plot'], ROOT)})\n"
         + (f"\nWhat holds MMM4Rec's fine-tuning back (seed {FIRST_SEED}; read on validation):\n\n"
-           + markdown_table(["run", "seeds", "test NDCG@10", "test Hit@10", "valid NDCG@10", "epochs to best", "s to best", "s/epoch"],
+           + markdown_table(RUN_COLUMNS,
                             [[row["label"], *summary_cells(row)] for row in study["diagnostics"]]) + "\n"
            if study.get("diagnostics") else "")
     )

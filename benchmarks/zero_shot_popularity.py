@@ -20,11 +20,10 @@ import os
 import sys
 
 import torch
-from report import HERE, ROOT, machine, markdown_table, replace_section, write_text
+from report import HERE, machine, markdown_table, replace_section, write_text
+from transfer import DEMO_YAML, ZERO_SHOT  # the study's zero-shot settings, so both score alike
 
-DEMO_YAML = os.path.join(ROOT, "properties", "quick_start", "demo.yaml")
 OUTPUT = os.path.join(HERE, "results", "transfer", "zero_shot_popularity")
-ZERO_SHOT = {"MMM4Rec": {"use_item_id": False}, "UniSRec": {"train_stage": "inductive_ft"}}
 BETAS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
