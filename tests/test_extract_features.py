@@ -90,6 +90,30 @@ def test_minilm_text_features(minilm, catalogue, tmp_path):
     assert open(output, "rb").read() == open(again, "rb").read()
 
 
+# Encodes a few texts and prints the float32 bytes' SHA-1; the CPU kernels' instruction set and
+# thread count come from the environment (read once, when torch starts).
+_ENCODE_TEXTS = """
+import hashlib, sys
+from recbole_mmm4rec.dataset_scripts.feature_encoders import SentenceTransformerEncoder
+texts = [f"Movie number {i} ({1990 + i % 10}); Drama, Comedy, a long enough title {i * 7}" for i in range(40)]
+print(hashlib.sha1(SentenceTransformerEncoder("all-minilm-l6-v2", "cpu").encode(texts).tobytes()).hexdigest())
+"""
+
+
+def test_text_features_are_the_same_bytes_on_every_cpu():
+    """Features are hashed into every benchmark run key: float32 kernels of another instruction
+    set (or thread count) changed MiniLM's last bits and so every key; float64 ones round alike."""
+    digests = set()
+    for cpu in ({"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "OMP_NUM_THREADS": "1"},
+                {"OMP_NUM_THREADS": "2"}):
+        environment = {key: value for key, value in os.environ.items()
+                       if key not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS")}
+        output = subprocess.run([sys.executable, "-c", _ENCODE_TEXTS], env={**environment, **cpu}, cwd=REPO,
+                                capture_output=True, text=True, check=True).stdout
+        digests.add(output.split()[-1])
+    assert len(digests) == 1
+
+
 def test_efficientnet_image_features_are_real_imagenet_features(efficientnet, catalogue, tmp_path):
     items, images = catalogue
     tokens, paths = item_images(items, images)
@@ -103,7 +127,7 @@ def test_efficientnet_image_features_are_real_imagenet_features(efficientnet, ca
     assert _cosine(matrix[0], matrix[1]) > max(_cosine(matrix[0], matrix[2]), _cosine(matrix[0], matrix[3])) + 0.1
 
     # The preprocessing fits the weights: the ImageNet head sees a cat in Chelsea.
-    pixels = torch.from_numpy(efficientnet_pixels(open_image(paths[0])))[None]
+    pixels = torch.from_numpy(efficientnet_pixels(open_image(paths[0])))[None].to(efficientnet.dtype)
     with torch.no_grad():
         top5 = set(efficientnet.model(pixels).topk(5).indices[0].tolist())
     assert top5 & IMAGENET_CATS
@@ -201,13 +225,13 @@ def test_clip_and_siglip_from_a_local_folder(save, model_type, catalogue, tmp_pa
     extract_features(tokens, paths, open_image, encoder, output, batch_size=3, chunk_rows=8)
     _, matrix = read_item_features(output, expected_dim=dim)
     # the rows are the model's own image embeddings
-    pixels = encoder.processor(images=[open_image(p) for p in paths], return_tensors="pt")["pixel_values"]
+    pixels = encoder.processor(images=[open_image(p) for p in paths], return_tensors="pt")["pixel_values"].to(encoder.dtype)
     with torch.no_grad():
         if model_type == "siglip":
             expected = encoder.model.vision_model(pixel_values=pixels).pooler_output
         else:
             expected = encoder.model(pixel_values=pixels).image_embeds
-    np.testing.assert_allclose(matrix, expected.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(matrix, expected.float().numpy(), rtol=1e-4, atol=1e-5)
     assert len({tuple(np.round(row, 4)) for row in matrix}) == 4  # four different images
 
 
