@@ -51,6 +51,7 @@ DEMO_YAML = os.path.join(ROOT, "properties", "quick_start", "demo.yaml")
 OUTPUT = os.path.join(HERE, "results", "transfer")
 CHECKPOINTS = os.path.join(OUTPUT, "checkpoints")
 RUNS = os.path.join(OUTPUT, "runs")
+STUDY_JSON = os.path.join(OUTPUT, "study.json")
 SOURCE = "ml-1m-mm-before1997"
 MODELS = ("MMM4Rec", "UniSRec")
 FIRST_SEED = 2020
@@ -291,15 +292,41 @@ def summary_cells(row: dict, seconds: bool = True) -> list[str]:
             stat_cell(row["seconds_to_best"], 0) if seconds else "", stat_cell(row["seconds_per_epoch"], 1)]
 
 
+def first_epoch_reaching(run: dict, score: float) -> int | None:
+    """The first epoch (1-based) whose validation NDCG@10 is at least ``score``; None if none is."""
+    return next((record["epoch"] + 1 for record in run["epoch_history"] if record.get("valid_ndcg@10", -1.0) >= score), None)
+
+
+def epochs_to_scratch_best(study: dict, row: dict) -> str:
+    """The time-to-quality cell of a fine-tuned row: the mean epochs its runs take to reach the
+    best validation NDCG@10 of the from-scratch run of the same seed, against the mean epochs
+    that those from-scratch runs took to reach it; the seeds that never reach it are counted apart."""
+    runs = {(run["label"], run["seed"]): run for run in study["curve_runs"]}
+    pairs, seeds = [], 0
+    for seed in row["seeds"]:
+        scratch = runs.get((row["scratch_label"], seed))
+        if scratch is not None:
+            seeds += 1
+            epoch = first_epoch_reaching(runs[(row["label"], seed)], scratch["best_valid_score"])
+            pairs += [] if epoch is None else [(epoch, scratch["best_epoch"] + 1)]
+    if not pairs:
+        return "never" if seeds else ""
+    tuned, scratch = (sum(values) / len(pairs) for values in zip(*pairs))
+    return f"{tuned:.1f} against {scratch:.1f} ({tuned / scratch:.2f}x)" + (
+        f"; {seeds - len(pairs)} of {seeds} seeds never" if len(pairs) < seeds else "")
+
+
 def target_report(study: dict) -> str:
     """The target's table (zero-shot and Pop with seed 2020; the curves' 3 seeds), the learning-rate grid, the plot."""
-    columns = [*RUN_COLUMNS, "vs from scratch: test NDCG@10 (Welch p), epochs to best"]
-    rows = [[row["label"], *summary_cells(row, seconds=False), ""] for row in study["first"]
+    columns = [*RUN_COLUMNS, "vs from scratch: test NDCG@10 (Welch p), epochs to best",
+               "epochs to reach from scratch's best valid NDCG@10, against from scratch's"]
+    rows = [[row["label"], *summary_cells(row, seconds=False), "", ""] for row in study["first"]
             if row["label"] == "Pop" or "zero-shot" in row["label"]]
     for row in study["curves"]:
         versus = (ratio_cell(row["ratio_to_scratch"], row["p_value_to_scratch"]) + f", {row['epochs_to_best_ratio_to_scratch']:.2f}x"
                   if "ratio_to_scratch" in row else "")
-        rows.append([row["label"], *summary_cells(row), versus])
+        rows.append([row["label"], *summary_cells(row), versus,
+                     epochs_to_scratch_best(study, row) if row.get("scratch_label") and "values" in row else ""])
     grid = [[row["label"], *summary_cells(row)] for row in study["first"] if "fine-tuned" in row["label"]]
     chosen = ", ".join(f"{model} {rate:g}" if isinstance(rate, float) else f"{model} {rate}"
                        for model, rate in study["chosen_learning_rate"].items())
@@ -347,6 +374,37 @@ def report(results: dict, command: str) -> str:
     )
 
 
+def run_study(args: argparse.Namespace) -> dict:
+    """Steps 1 to 5: the results that study.json keeps."""
+    chosen, check_rows = choose_pretraining(args)
+    settings = {"MMM4Rec": chosen, "UniSRec": {**MODEL_SETTINGS["UniSRec"], **UNISREC_PRETRAINING}}
+    patterns = {model: checkpoint_name_pattern(model, settings[model]) for model in MODELS}
+    if not args.report_only:
+        pretrain(args, settings, patterns)
+    checkpoints = {model: {epochs: pattern.format(epochs) for epochs in args.checkpoints} for model, pattern in patterns.items()}
+    missing = [file for files in checkpoints.values() for file in files.values() if not os.path.isfile(file)]
+    if missing:
+        raise FileNotFoundError(f"pre-training checkpoints missing: {missing}; run benchmarks/transfer.py without "
+                                f"--report_only, with --pretrain_epochs {max(args.checkpoints)} at least (or "
+                                "--from_study_json for the last run's report)")
+    results = {"command": ("python benchmarks/transfer.py " + " ".join(sys.argv[1:])).strip(), "workers": args.workers,
+               "checkpoints": args.checkpoints, "curve_checkpoints": args.curve_checkpoints, "pretraining_check": check_rows, "targets": [],
+               "pretraining": {model: {"settings": settings[model], "checkpoints": checkpoints[model],
+                                       "history": pretrain_history(patterns[model])} for model in MODELS}}
+    for target in args.targets.split(","):
+        results["targets"].append(study_target(args, target, checkpoints))
+        write_text(STUDY_JSON, json.dumps(results, indent=1, default=str) + "\n")
+    return results
+
+
+def stored_results() -> dict:
+    """The study as its last run wrote it (``study.json``)."""
+    if not os.path.isfile(STUDY_JSON):
+        raise FileNotFoundError(f"no {STUDY_JSON}: run benchmarks/transfer.py without --from_study_json")
+    with open(STUDY_JSON, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", default="ml-1m-mm-since1997", help="comma-separated target datasets")
@@ -361,6 +419,9 @@ def main() -> int:
     parser.add_argument("--skip_diagnostics", action="store_true", help="skip step 5 (MMM4Rec without ID, frozen layers)")
     parser.add_argument("--report_only", action="store_true",
                         help="train nothing: write the report of the finished runs (the pre-training must be done)")
+    parser.add_argument("--from_study_json", action="store_true",
+                        help="train and look up nothing: rewrite the report and plots from study.json, as the last "
+                             "run left it (in a checkout without its pre-training checkpoints, which the run keys hash)")
     args = parser.parse_args()
     args.checkpoints = sorted(int(epoch) for epoch in args.checkpoints.split(","))
     args.curve_checkpoints = (sorted(int(epoch) for epoch in args.curve_checkpoints.split(","))
@@ -370,28 +431,15 @@ def main() -> int:
     if max(args.checkpoints) > args.pretrain_epochs:
         parser.error(f"--checkpoints {args.checkpoints} goes beyond --pretrain_epochs {args.pretrain_epochs}")
 
-    chosen, check_rows = choose_pretraining(args)
-    settings = {"MMM4Rec": chosen, "UniSRec": {**MODEL_SETTINGS["UniSRec"], **UNISREC_PRETRAINING}}
-    patterns = {model: checkpoint_name_pattern(model, settings[model]) for model in MODELS}
-    if not args.report_only:
-        pretrain(args, settings, patterns)
-    checkpoints = {model: {epochs: pattern.format(epochs) for epochs in args.checkpoints} for model, pattern in patterns.items()}
-    missing = [file for files in checkpoints.values() for file in files.values() if not os.path.isfile(file)]
-    if missing:
-        raise FileNotFoundError(f"pre-training checkpoints missing: {missing}; run benchmarks/transfer.py without "
-                                f"--report_only, with --pretrain_epochs {max(args.checkpoints)} at least")
-    results = {"workers": args.workers, "pretraining_check": check_rows, "targets": [],
-               "pretraining": {model: {"settings": settings[model], "checkpoints": checkpoints[model],
-                                       "history": pretrain_history(patterns[model])} for model in MODELS}}
-    for target in args.targets.split(","):
-        study = study_target(args, target, checkpoints)
-        study["plot"] = os.path.join(OUTPUT, target, "fine_tuning_curves.png")
-        plot_curves(study, study["plot"], args.checkpoints, args.curve_checkpoints)
-        results["targets"].append(study)
-        write_text(os.path.join(OUTPUT, "study.json"), json.dumps(results, indent=1, default=str) + "\n")
-    command = "python benchmarks/transfer.py " + " ".join(sys.argv[1:])
+    if args.from_study_json:
+        results = stored_results()
+    else:
+        results = run_study(args)
+    for study in results["targets"]:
+        study["plot"] = os.path.join(OUTPUT, study["target"], "fine_tuning_curves.png")
+        plot_curves(study, study["plot"], results["checkpoints"], results["curve_checkpoints"])
     replace_section("transfer_study", "Transfer study: long pre-training, disjoint-item target, zero-shot, fine-tuning curves",
-                    report(results, command.strip()))
+                    report(results, results["command"]))
     return 0
 
 
