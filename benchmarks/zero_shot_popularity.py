@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 import torch
@@ -50,6 +51,9 @@ def main() -> int:
     parser.add_argument("--checkpoint", required=True, help="a run_pretrain checkpoint of --model")
     parser.add_argument("--model", default="MMM4Rec", choices=sorted(ZERO_SHOT))
     parser.add_argument("--dataset", default="ml-1m-mm-since1997")
+    parser.add_argument("--pretraining", default="",
+                        help="how the checkpoint was pre-trained, when not as the transfer study's (e.g. 'full softmax'): "
+                             "names the output file and the BENCHMARKS section")
     args = parser.parse_args()
 
     from recbole_mmm4rec import PluginConfig
@@ -79,12 +83,14 @@ def main() -> int:
     rows += [[f"zero-shot + {beta:g} x log(count + 1)", f"{ndcg_at_10(scores + beta * popularity, targets):.4f}"] for beta in BETAS]
     results = {"checkpoint": os.path.basename(args.checkpoint), "model": args.model, "dataset": args.dataset,
                "valid_ndcg@10": {row[0]: float(row[1]) for row in rows}}
-    write_text(os.path.join(OUTPUT, f"{args.model}-{args.dataset}.json"), json.dumps(results, indent=1) + "\n")
+    slug = args.model + "".join(f"-{word}" for word in args.pretraining.lower().replace(",", " ").split())
+    write_text(os.path.join(OUTPUT, f"{slug}-{args.dataset}.json"), json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
-    command = "python benchmarks/zero_shot_popularity.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/zero_shot_popularity.py " + shlex.join(sys.argv[1:])
     replace_section(
-        f"zero_shot_popularity_{args.model}",
-        f"Zero-shot {args.model} and popularity on {args.dataset} (validation)",
+        f"zero_shot_popularity_{slug}",
+        f"Zero-shot {args.model}{f' ({args.pretraining} pre-training)' if args.pretraining else ''} and popularity on "
+        f"{args.dataset} (validation)",
         f"`{command}` on {machine()}, demo sizes; checkpoint `{results['checkpoint']}`; validation NDCG@10 "
         f"of {len(targets)} users, full ranking, no history masked:\n\n" + markdown_table(["scores", "valid NDCG@10"], rows) + "\n",
     )
