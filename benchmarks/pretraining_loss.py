@@ -23,11 +23,11 @@ import os
 import sys
 
 from report import machine, markdown_table, replace_section, write_text
-from transfer import (DEMO_YAML, FINE_TUNING, FIRST_SEED, OUTPUT, POP, RUN_COLUMNS, RUNS, ZERO_SHOT, checkpoint_name_pattern,
-                      epochs_text, history_file, pretrain_history, pretrain_worker, pretrain_settings, scratch_label,
-                      summary_cells, variant)
+from transfer import (DEMO_YAML, FINE_TUNING, FIRST_SEED, OUTPUT, POP, RUN_COLUMNS, RUNS, STUDY_JSON, ZERO_SHOT,
+                      checkpoint_name_pattern, epochs_text, pretrain, pretrain_history, pretraining_cells, scratch_label,
+                      stored_results, summary_cells, variant)
 
-from recbole_mmm4rec.benchmark import execute, run_benchmark, split_warning
+from recbole_mmm4rec.benchmark import run_benchmark, split_warning
 
 RESULTS = os.path.join(OUTPUT, "pretraining_loss")
 # The pre-training losses compared; the study's in-batch one is in its own table.
@@ -39,26 +39,11 @@ LOSSES = {
 
 def study_settings() -> tuple[dict, float]:
     """The transfer study's MMM4Rec pre-training settings and chosen fine-tuning learning rate."""
-    path = os.path.join(OUTPUT, "study.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing: run benchmarks/transfer.py first (its step 1 chooses the settings)")
-    with open(path, encoding="utf-8") as f:
-        study = json.load(f)
+    study = stored_results()
     rate = study["targets"][0]["chosen_learning_rate"]["MMM4Rec"]
     if not isinstance(rate, float):
-        raise ValueError(f"{path}: the study chose no MMM4Rec fine-tuning learning rate yet ({rate})")
+        raise ValueError(f"{STUDY_JSON}: the study chose no MMM4Rec fine-tuning learning rate yet ({rate})")
     return study["pretraining"]["MMM4Rec"]["settings"], rate
-
-
-def pretrain_all(settings: dict[str, dict], patterns: dict[str, str], epochs: int, workers: int) -> None:
-    """Every loss whose last checkpoint is missing pre-trained (or resumed), each in its own process."""
-    jobs = [{"key": loss, "label": loss, "seed": FIRST_SEED, "model": "MMM4Rec", "threads": 1,
-             "config_dict": pretrain_settings("MMM4Rec", settings[loss], epochs), "history_file": history_file(pattern)}
-            for loss, pattern in patterns.items() if not os.path.isfile(pattern.format(epochs))]
-    outcomes = execute(jobs, workers=workers, progress=False, worker=pretrain_worker)
-    failed = {key: outcome["error"] for key, outcome in outcomes.items() if "error" in outcome}
-    if failed:
-        raise RuntimeError(f"pre-training failed: {failed}")
 
 
 def main() -> int:
@@ -78,7 +63,8 @@ def main() -> int:
     settings = {loss: {**base, **change} for loss, change in LOSSES.items()}
     patterns = {loss: checkpoint_name_pattern("MMM4Rec", values) for loss, values in settings.items()}
     if not args.report_only:
-        pretrain_all(settings, patterns, args.pretrain_epochs, args.workers)
+        pretrain({loss: ("MMM4Rec", settings[loss], pattern) for loss, pattern in patterns.items()}, args.pretrain_epochs,
+                 args.workers)
     missing = [pattern.format(epochs) for pattern in patterns.values() for epochs in checkpoints
                if not os.path.isfile(pattern.format(epochs))]
     if missing:
@@ -99,9 +85,7 @@ def main() -> int:
     write_text(os.path.join(RESULTS, "results.json"),
                json.dumps({"settings": settings, "history": history, "summary": result.summary}, indent=1, default=str) + "\n")
 
-    losses = [[loss, len(records), f"{sum(r['train_seconds'] for r in records) / max(len(records), 1):.0f}",
-               ", ".join(f"{epoch}: {records[epoch - 1]['train_loss']:.1f}" for epoch in sorted({1, 2, 5, len(records)})
-                         if 1 <= epoch <= len(records))] for loss, records in history.items()]
+    losses = [[loss, *pretraining_cells(records)] for loss, records in history.items()]
     rows = [[row["label"], *summary_cells(row, seconds="zero-shot" not in row["label"] and row["label"] != "Pop")]
             for row in result.summary]
     warning = split_warning(result.summary)

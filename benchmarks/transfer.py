@@ -151,14 +151,14 @@ def choose_pretraining(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     return {**PRETRAIN_LOSS, **PRETRAIN_CANDIDATES[best["label"]]}, rows
 
 
-def pretrain(args: argparse.Namespace, settings: dict[str, dict], patterns: dict[str, str]) -> None:
-    """Step 2: the models whose last checkpoint is missing pre-trained at once, each in its own
-    process (a finished one would only rebuild its dataset to train no epoch)."""
-    jobs = [{"key": model, "label": model, "seed": FIRST_SEED, "model": model, "threads": 1,
-             "config_dict": pretrain_settings(model, settings[model], args.pretrain_epochs),
-             "history_file": history_file(pattern)}
-            for model, pattern in patterns.items() if not os.path.isfile(pattern.format(args.pretrain_epochs))]
-    outcomes = execute(jobs, workers=args.workers, progress=False, worker=pretrain_worker)
+def pretrain(pretrainings: dict[str, tuple[str, dict, str]], epochs: int, workers: int) -> None:
+    """Step 2: each of ``pretrainings`` (key -> model, settings, checkpoint pattern) whose last
+    checkpoint is missing pre-trained at once, each in its own process (a finished one would only
+    rebuild its dataset to train no epoch)."""
+    jobs = [{"key": key, "label": key, "seed": FIRST_SEED, "model": model, "threads": 1,
+             "config_dict": pretrain_settings(model, settings, epochs), "history_file": history_file(pattern)}
+            for key, (model, settings, pattern) in pretrainings.items() if not os.path.isfile(pattern.format(epochs))]
+    outcomes = execute(jobs, workers=workers, progress=False, worker=pretrain_worker)
     failed = {key: outcome["error"] for key, outcome in outcomes.items() if "error" in outcome}
     if failed:
         raise RuntimeError(f"pre-training failed: {failed}")
@@ -349,20 +349,24 @@ def target_report(study: dict) -> str:
     )
 
 
+def pretraining_cells(history: list[dict]) -> list:
+    """Epochs, mean s/epoch and the training loss after a few epochs of a pre-training history."""
+    losses = [record["train_loss"] for record in history]
+    marks = ", ".join(f"{epoch}: {losses[epoch - 1]:.1f}" for epoch in sorted({1, 2, 5, 10, 15, 20, len(losses)})
+                      if 1 <= epoch <= len(losses))
+    seconds = [record["train_seconds"] for record in history]
+    return [len(losses), f"{sum(seconds) / len(seconds):.0f}" if seconds else "", marks or "no records"]
+
+
 def report(results: dict, command: str) -> str:
     """The BENCHMARKS.md section: step 1's choice, the pre-training curves, each target's report."""
     check = markdown_table(["MMM4Rec pre-training settings (5 epochs on the source's train split)", "source valid NDCG@10",
                             "epochs to best", "s/epoch"],
                            [[row["label"], f"{row['valid_ndcg@10']:.4f}", row["epochs_to_best"], f"{row['s_per_epoch']:.0f}"]
                             for row in results["pretraining_check"]])
-    pre_rows = []
-    for model, info in results["pretraining"].items():
-        losses = [record["train_loss"] for record in info["history"]]
-        marks = ", ".join(f"{epoch}: {losses[epoch - 1]:.1f}" for epoch in sorted({1, 2, 5, 10, 15, 20, len(losses)})
-                          if 1 <= epoch <= len(losses))
-        seconds = [record["train_seconds"] for record in info["history"]]
-        pre_rows.append([model, len(losses), f"{sum(seconds) / len(seconds):.0f}" if seconds else "", marks or "no records",
-                         ", ".join(f"`{os.path.basename(file)}`" for file in info["checkpoints"].values())])
+    pre_rows = [[model, *pretraining_cells(info["history"]),
+                 ", ".join(f"`{os.path.basename(file)}`" for file in info["checkpoints"].values())]
+                for model, info in results["pretraining"].items()]
     return (
         f"`{command}` on {machine()}; every run one torch thread, {results['workers']} at a time, demo sizes "
         "(properties/quick_start/demo.yaml: hidden 64, L = 20).\n\n"
@@ -380,7 +384,7 @@ def run_study(args: argparse.Namespace) -> dict:
     settings = {"MMM4Rec": chosen, "UniSRec": {**MODEL_SETTINGS["UniSRec"], **UNISREC_PRETRAINING}}
     patterns = {model: checkpoint_name_pattern(model, settings[model]) for model in MODELS}
     if not args.report_only:
-        pretrain(args, settings, patterns)
+        pretrain({model: (model, settings[model], patterns[model]) for model in MODELS}, args.pretrain_epochs, args.workers)
     checkpoints = {model: {epochs: pattern.format(epochs) for epochs in args.checkpoints} for model, pattern in patterns.items()}
     missing = [file for files in checkpoints.values() for file in files.values() if not os.path.isfile(file)]
     if missing:
