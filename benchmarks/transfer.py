@@ -417,7 +417,8 @@ def main() -> int:
     parser.add_argument("--curve_checkpoints", default=None,
                         help="the checkpoints fine-tuned with the curves' seeds (default: all of --checkpoints)")
     parser.add_argument("--finetune_learning_rates", default="0.0001,0.0003,0.001")
-    parser.add_argument("--epochs", type=int, default=40, help="epoch limit of every target run (early stopping ends most)")
+    parser.add_argument("--epochs", type=int, default=100,
+                        help="epoch limit of every target run (patience 5 ends them; at 40, many peaked at 35-40)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="runs at once, each with one torch thread")
     parser.add_argument("--skip_diagnostics", action="store_true", help="skip step 5 (MMM4Rec without ID, frozen layers)")
