@@ -77,6 +77,9 @@ FINE_TUNING = {"accumulation_steps": 1, "weight_decay": 0.0, "weight_decay_exemp
 # general model's ranking (not from a sequential model's), which favours Pop. `Pop` is this
 # package's (model/pop.py): RecBole's own counts an item once per batch.
 POP = {"eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"}}
+# Early stopping's patience on every target run: it stops after this many epochs plus one without
+# a better validation NDCG@10.
+STOPPING_STEP = 5
 ZERO_SHOT = {"MMM4Rec": {"epochs": 0, "use_item_id": False}, "UniSRec": {"epochs": 0, "train_stage": "inductive_ft"}}
 
 
@@ -199,7 +202,7 @@ def choose_learning_rate(summary: list[dict], model: str, epochs: int, rates: li
 
 def study_target(args: argparse.Namespace, target: str, checkpoints: dict[str, dict[int, str]]) -> dict[str, Any]:
     """Steps 3 and 4 on one target: the summary rows and runs, and the chosen learning rates."""
-    common = dict(config_file_list=[DEMO_YAML], config_dict={"epochs": args.epochs, "stopping_step": 5}, runs_dir=RUNS,
+    common = dict(config_file_list=[DEMO_YAML], config_dict={"epochs": args.epochs, "stopping_step": STOPPING_STEP}, runs_dir=RUNS,
                   workers=args.workers, threads_per_run=1, progress=False, report_only=args.report_only)
     last = max(args.checkpoints)
     rates = [float(rate) for rate in args.finetune_learning_rates.split(",")]
@@ -316,6 +319,13 @@ def epochs_to_scratch_best(study: dict, row: dict) -> str:
         f"; {seeds - len(pairs)} of {seeds} seeds never" if len(pairs) < seeds else "")
 
 
+def censored_runs(runs: list[dict]) -> list[str]:
+    """The runs that ended at the epoch limit before early stopping could end them (their epochs
+    to best are a lower bound), as ``label, seed N``."""
+    return [f"{run['label']}, seed {run['seed']} (best at epoch {run['best_epoch'] + 1} of {run['epochs_trained']})"
+            for run in runs if run["epochs_trained"] > 0 and run["epochs_trained"] - 1 - run["best_epoch"] <= STOPPING_STEP]
+
+
 def target_report(study: dict) -> str:
     """The target's table (zero-shot and Pop with seed 2020; the curves' 3 seeds), the learning-rate grid, the plot."""
     columns = [*RUN_COLUMNS, "vs from scratch: test NDCG@10 (Welch p), epochs to best",
@@ -331,12 +341,15 @@ def target_report(study: dict) -> str:
     chosen = ", ".join(f"{model} {rate:g}" if isinstance(rate, float) else f"{model} {rate}"
                        for model, rate in study["chosen_learning_rate"].items())
     warning = split_warning(study["first"])
+    censored = censored_runs(study["curve_runs"])
     return (
         f"### Target `{study['target']}`\n\n"
         f"Zero-shot rows and Pop: seed {FIRST_SEED} (nothing trains, s to best does not apply; Pop, a general model, "
         "has each user's training items masked from its ranking, the sequential models do not); the other rows: seeds "
         f"{', '.join(map(str, study['curve_seeds']))}.\n\n"
         + markdown_table(columns, rows)
+        + "\n\nRuns that reached the epoch limit still improving (their epochs to best are censored): "
+        + ("; ".join(censored) if censored else "none") + "."
         + (f"\n\n{warning}" if warning else "")
         + f"\n\nFine-tuning learning rate (seed {FIRST_SEED}, from the last checkpoint; the best validation NDCG@10 "
         f"chooses: {chosen}):\n\n"
