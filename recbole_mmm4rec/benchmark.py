@@ -7,7 +7,7 @@ optional settings, ``MMM4Rec[use_item_id=False]``; ``pretrained`` adds a fine-tu
 model beside its from-scratch one.
 
 Each finished run is stored, as soon as it ends, as ``<runs>/<model>-seed<seed>-<hash>.json``,
-the hash naming its final settings, the dataset files' contents, the pre-trained file's contents
+the hash naming its final settings, the dataset files' contents, the pre-trained checkpoint's weights
 and the package versions: a re-run of the command, or another command asking for the same
 settings under another label, reuses it. A failed run is reported and retried by the next re-run.
 The outputs are ``results.md`` (mean and std over seeds), ``results.json`` (every run, raw) and
@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Sequence
 
 # What does not change what a run computes: where files go, how it is displayed and launched.
-# `pretrained` is hashed by its file's contents instead of its path.
+# `pretrained` is hashed by its checkpoint's weights instead of its path.
 LOCATION_KEYS = {
     "checkpoint_dir", "data_path", "show_progress", "state", "verbose", "log_wandb", "wandb_project",
     "pretrained", "save_dataset", "dataset_save_path", "save_dataloaders", "dataloaders_save_path",
@@ -178,6 +178,29 @@ def file_digest(paths: Sequence[str]) -> str:
     return digest.hexdigest()[:12]
 
 
+def checkpoint_digest(path: str, trust: bool = False) -> str:
+    """SHA-1 of what fine-tuning takes from a checkpoint: the saved model's name and every
+    weight (name, dtype, shape, bytes). Not the file's bytes: ``torch.save`` writes a random
+    serialisation id and the temporary file's name into every archive, so a checkpoint
+    re-trained bit for bit never has the same bytes twice."""
+    import torch
+
+    from recbole_mmm4rec.compat import load_checkpoint
+
+    checkpoint = load_checkpoint(path, map_location="cpu", trust=trust, kind="pre-trained checkpoint")
+    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise BenchmarkError(f"pretrained {path}: expected a RecBole checkpoint (a dict with 'state_dict') or a "
+                             f"state dict, found {type(checkpoint).__name__}")
+    model = checkpoint["config"]["model"] if "config" in checkpoint else ""
+    digest = hashlib.sha1(f"{model}\0".encode())
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
 def dataset_digest(folder: str) -> str:
     """The contents of a dataset folder's files (atomic files, features)."""
     files = sorted(os.path.join(folder, name) for name in os.listdir(folder)) if os.path.isdir(folder) else []
@@ -194,12 +217,14 @@ def _run_config_dict(variant: Variant, shared: dict, seed: int, run_dir: str) ->
 
 def run_identity(config, context: str) -> str:
     """Ten hex digits naming what a run computes: its final settings (never file locations), the
-    pre-trained file's contents, and ``context`` (dataset contents, versions)."""
+    pre-trained checkpoint's weights (:func:`checkpoint_digest`), and ``context`` (dataset
+    contents, versions)."""
+    from recbole_mmm4rec.compat import trusts_files
     from recbole_mmm4rec.config import settings_hash
 
     identity = settings_hash(config, LOCATION_KEYS, length=12) + context
     if config["pretrained"]:
-        identity += file_digest([config["pretrained"]])
+        identity += checkpoint_digest(config["pretrained"], trust=trusts_files(config))
     return hashlib.md5(identity.encode()).hexdigest()[:10]
 
 

@@ -23,6 +23,7 @@ from recbole_mmm4rec.benchmark import (
     Variant,
     _first_config,
     add_pretrained,
+    checkpoint_digest,
     compare,
     defaults_file,
     execute,
@@ -81,6 +82,27 @@ def test_pretrained_adds_a_fine_tuned_variant_after_its_model(tmp_path):
     labelled = add_pretrained(parse_models("MMM4Rec,MMM4Rec[use_item_id=False]"), f"MMM4Rec[use_item_id=False]={checkpoint}")
     assert [v.label for v in labelled] == ["MMM4Rec", "MMM4Rec[use_item_id=False]", "MMM4Rec[use_item_id=False] (pre-trained)"]
     assert labelled[2].scratch_label == "MMM4Rec[use_item_id=False]"
+
+
+def test_a_checkpoint_is_named_by_its_weights_not_its_file_bytes(tmp_path):
+    # torch.save writes a fresh serialisation id each time: equal weights, different bytes.
+    weights = OrderedDict(w=torch.arange(6, dtype=torch.float32).reshape(2, 3), b=torch.tensor([True, False]))
+    first, second, changed = tmp_path / "a.pth", tmp_path / "b.pth", tmp_path / "c.pth"
+    torch.save({"state_dict": weights, "other_parameter": None}, first)
+    torch.save({"other_parameter": None, "state_dict": OrderedDict(reversed(weights.items()))}, second)
+    assert first.read_bytes() != second.read_bytes()
+    assert checkpoint_digest(str(first)) == checkpoint_digest(str(second))
+    torch.save(weights, tmp_path / "bare.pth")
+    assert checkpoint_digest(str(tmp_path / "bare.pth")) == checkpoint_digest(str(first))
+    nudged = OrderedDict(weights, w=weights["w"] + torch.finfo(torch.float32).eps * 8)
+    torch.save({"state_dict": nudged}, changed)
+    assert checkpoint_digest(str(changed)) != checkpoint_digest(str(first))
+    reshaped = OrderedDict(weights, w=weights["w"].reshape(3, 2))
+    torch.save({"state_dict": reshaped}, changed)
+    assert checkpoint_digest(str(changed)) != checkpoint_digest(str(first))
+    torch.save([1, 2], changed)
+    with pytest.raises(BenchmarkError, match="expected a RecBole checkpoint"):
+        checkpoint_digest(str(changed))
 
 
 def test_seeds_are_a_count_from_the_config_seed_or_a_list():
