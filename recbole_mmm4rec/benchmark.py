@@ -185,15 +185,14 @@ def checkpoint_digest(path: str, trust: bool = False) -> str:
     re-trained bit for bit never has the same bytes twice."""
     import torch
 
-    from recbole_mmm4rec.compat import load_checkpoint
+    from recbole_mmm4rec.model.transfer import TransferError
+    from recbole_mmm4rec.quick_start import read_pretrained
 
-    checkpoint = load_checkpoint(path, map_location="cpu", trust=trust, kind="pre-trained checkpoint")
-    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise BenchmarkError(f"pretrained {path}: expected a RecBole checkpoint (a dict with 'state_dict') or a "
-                             f"state dict, found {type(checkpoint).__name__}")
-    model = checkpoint["config"]["model"] if "config" in checkpoint else ""
-    digest = hashlib.sha1(f"{model}\0".encode())
+    try:
+        model, state_dict = read_pretrained(path, trust)
+    except TransferError as error:
+        raise BenchmarkError(f"pretrained {error}") from None
+    digest = hashlib.sha1(f"{model or ''}\0".encode())
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\0".encode())

@@ -162,6 +162,23 @@ def build_model_and_trainer(config: Config, train_data) -> tuple[torch.nn.Module
     return model, plugin_trainer_class(config)
 
 
+def read_pretrained(checkpoint_file: str, trust: bool = False) -> tuple[str | None, dict]:
+    """The saved model's class name (None for a bare state dict) and the weights of a RecBole
+    checkpoint (``run_pretrain``, ``run_recbole``) or of a bare state dict. Raises
+    :class:`TransferError` for anything else. ``trust`` as in
+    :func:`recbole_mmm4rec.compat.load_checkpoint`.
+    """
+    checkpoint = compat.load_checkpoint(checkpoint_file, map_location="cpu", trust=trust)
+    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+        return (checkpoint["config"]["model"] if "config" in checkpoint else None), checkpoint["state_dict"]
+    if isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return None, checkpoint
+    raise TransferError(
+        f"{checkpoint_file}: expected a RecBole checkpoint (a dict with 'state_dict') or a state "
+        f"dict, found {type(checkpoint).__name__}"
+    )
+
+
 def load_pretrained(model: torch.nn.Module, checkpoint_file: str, trust: bool = False) -> str:
     """Load a checkpoint's transferable weights into ``model``; returns the key report.
 
@@ -169,21 +186,11 @@ def load_pretrained(model: torch.nn.Module, checkpoint_file: str, trust: bool = 
     model class, or a bare state dict. Raises :class:`TransferError` for another model's
     checkpoint or mismatched shapes. ``trust`` as in :func:`recbole_mmm4rec.compat.load_checkpoint`.
     """
-    checkpoint = compat.load_checkpoint(checkpoint_file, map_location="cpu", trust=trust)
-    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
-        saved_model = checkpoint["config"]["model"] if "config" in checkpoint else None
-        if saved_model is not None and saved_model != type(model).__name__:
-            raise TransferError(
-                f"{checkpoint_file} is a checkpoint of {saved_model}, not of {type(model).__name__}; "
-                f"pass a checkpoint saved by {type(model).__name__} (run_pretrain or run_recbole)"
-            )
-        state_dict = checkpoint["state_dict"]
-    elif isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        state_dict = checkpoint
-    else:
+    saved_model, state_dict = read_pretrained(checkpoint_file, trust)
+    if saved_model is not None and saved_model != type(model).__name__:
         raise TransferError(
-            f"{checkpoint_file}: expected a RecBole checkpoint (a dict with 'state_dict') or a state "
-            f"dict, found {type(checkpoint).__name__}"
+            f"{checkpoint_file} is a checkpoint of {saved_model}, not of {type(model).__name__}; "
+            f"pass a checkpoint saved by {type(model).__name__} (run_pretrain or run_recbole)"
         )
     return load_transferable(model, state_dict).summary()
 
